@@ -1,0 +1,3 @@
+from eventstore.cli import run
+
+run()

@@ -1,0 +1,419 @@
+"""The event log: append, read, subscribe, verify. Backend-neutral.
+
+``open_store(url)`` picks the backend from the URL (SQLite path or
+``postgresql://``); everything here works the same on both.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import logging
+import os
+import sys
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from types import TracebackType
+from typing import Any
+
+from eventstore.backends import backend_for
+from eventstore.backends.base import Backend, PreparedAppend, PreparedEvent
+from eventstore.codec import (
+    GENESIS_HASH,
+    EventRegistry,
+    Upcaster,
+    chain_hash,
+    encode_metadata,
+    new_event_id,
+    signal_event_id,
+    to_micros,
+)
+from eventstore.errors import InvalidEvent, NotFound, StoreClosed
+from eventstore.events import Event, SignalDetected
+from eventstore.migrations import MigrationSet
+from eventstore.model import (
+    ANY,
+    AppendRequest,
+    AppendResult,
+    ExpectedVersion,
+    GuardedBatch,
+    InlineHook,
+    RecordedEvent,
+    Row,
+    VerifyReport,
+    _Expect,
+)
+from eventstore.schema import LOG_MIGRATIONS
+
+__all__ = ("Clock", "EventStore", "open_store", "system_clock")
+
+log = logging.getLogger("eventstore")
+Clock = Callable[[], dt.datetime]
+PAGE_SIZE = 2000
+_BAD_EXPECTED = "expected_version must be an int >= 0, NO_STREAM, STREAM_EXISTS or ANY"
+
+
+def system_clock() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def default_actor() -> str:
+    """The process name: what writes are attributed to when no actor is given."""
+    name = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+    return name or "python"
+
+
+class EventStore:
+    """An open event log. Use ``async with open_store(...) as log``."""
+
+    def __init__(
+        self,
+        backend: Backend,
+        registry: EventRegistry,
+        *,
+        clock: Clock = system_clock,
+        actor: str | None = None,
+    ) -> None:
+        self._backend = backend
+        self.registry = registry
+        self.clock = clock
+        self.actor = actor or default_actor()
+        self._open = False
+
+    # -- lifecycle -------------------------------------------------------
+
+    async def open(self) -> EventStore:
+        if not self._open:
+            await self._backend.open(LOG_MIGRATIONS)
+            self._open = True
+        return self
+
+    async def aclose(self) -> None:
+        self._open = False
+        await self._backend.aclose()
+
+    async def __aenter__(self) -> EventStore:
+        return await self.open()
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    @property
+    def dialect(self) -> str:
+        return self._backend.dialect
+
+    @property
+    def location(self) -> str:
+        """The database, for messages (passwords masked)."""
+        return self._backend.display_name
+
+    def now(self) -> dt.datetime:
+        when = self.clock()
+        if when.tzinfo is None:
+            raise ValueError("the store's clock must return an aware datetime")
+        return when
+
+    def _now_us(self) -> int:
+        return to_micros(self.now())
+
+    def _check_open(self) -> None:
+        if not self._open:
+            raise StoreClosed(f"the store on {self.location} is not open (use 'async with open_store(...)')")
+
+    # -- appending -------------------------------------------------------
+
+    async def append(
+        self,
+        stream: str,
+        events: Sequence[Event],
+        *,
+        expected_version: ExpectedVersion = ANY,
+        metadata: Mapping[str, Any] | None = None,
+        event_ids: Sequence[uuid.UUID] | None = None,
+    ) -> AppendResult:
+        """Append ``events`` to ``stream`` atomically; see DESIGN.md "Conventions"."""
+        request = AppendRequest(
+            stream=stream,
+            events=events,
+            expected_version=expected_version,
+            event_ids=event_ids,
+            metadata=dict(metadata) if metadata else None,
+        )
+        return (await self.append_batch([request]))[0]
+
+    async def append_batch(self, requests: Sequence[AppendRequest]) -> list[AppendResult]:
+        """Append to several streams in one all-or-nothing transaction."""
+        self._check_open()
+        prepared = [self._prepare(request) for request in requests]
+        return await self._backend.append(prepared, self._now_us)
+
+    def _prepare(self, request: AppendRequest) -> PreparedAppend:
+        stream, events = request.stream, list(request.events)
+        if not isinstance(stream, str) or not stream:
+            raise InvalidEvent(f"stream must be a non-empty string, not {stream!r}", field="stream")
+        expected = request.expected_version
+        valid_int = isinstance(expected, int) and not isinstance(expected, bool) and expected >= 0
+        if not (valid_int or isinstance(expected, _Expect)):
+            raise InvalidEvent(f"{_BAD_EXPECTED}, not {expected!r}", field="expected_version")
+        ids = request.event_ids
+        if ids is not None and len(ids) != len(events):
+            raise InvalidEvent(f"{len(ids)} event_ids given for {len(events)} events", field="event_ids")
+        meta = self._metadata(request.metadata)
+        meta_bytes = encode_metadata(meta)
+        prepared = []
+        for index, event in enumerate(events):
+            name, schema_version, data, event = self.registry.encode(event)
+            if ids is not None:
+                event_id, explicit = _as_uuid(ids[index]), True
+            elif isinstance(event, SignalDetected):
+                event_id, explicit = signal_event_id(event), True
+            else:
+                event_id, explicit = new_event_id(), False
+            prepared.append(
+                PreparedEvent(event_id.bytes, name, schema_version, meta_bytes, data, event, meta, explicit)
+            )
+        return PreparedAppend(stream, expected, prepared)
+
+    def _metadata(self, given: Mapping[str, Any] | None) -> dict[str, Any]:
+        meta: dict[str, Any] = {"actor": self.actor, "correlation_id": str(uuid.uuid4()), "causation_id": None}
+        if given:
+            meta.update(given)
+        for key in ("actor", "correlation_id", "causation_id"):
+            value = meta[key]
+            if value is not None and not isinstance(value, str):
+                raise InvalidEvent(f"metadata.{key} must be a string, not {type(value).__name__}", field=key)
+        if not meta["actor"]:
+            meta["actor"] = self.actor
+        return meta
+
+    def transaction(self) -> contextlib.AbstractAsyncContextManager[None]:
+        """Several appends (any streams) and applies, committed together or not at all."""
+        self._check_open()
+        return self._backend.transaction()
+
+    # -- reading ---------------------------------------------------------
+
+    async def read_stream(
+        self,
+        stream: str,
+        *,
+        from_version: int | None = None,
+        backwards: bool = False,
+        limit: int | None = None,
+    ) -> AsyncIterator[RecordedEvent]:
+        """The stream's events in version order (or reverse), from ``from_version`` inclusive."""
+        self._check_open()
+        version = from_version if from_version is not None else (2**62 if backwards else 1)
+        remaining = limit if limit is not None else 2**62
+        while remaining > 0:
+            rows = await self._backend.read_stream(stream, version, backwards, min(PAGE_SIZE, remaining))
+            for row in rows:
+                yield self.registry.record(row)
+            if len(rows) < min(PAGE_SIZE, remaining):
+                return
+            remaining -= len(rows)
+            version = rows[-1][3] + (-1 if backwards else 1)
+
+    async def read_all(
+        self,
+        *,
+        from_position: int = 1,
+        limit: int | None = None,
+        types: Iterable[str] | None = None,
+        stream_prefix: str | None = None,
+    ) -> AsyncIterator[RecordedEvent]:
+        """Every event from ``from_position`` (inclusive) in position order, in bounded memory."""
+        self._check_open()
+        async for rows in self._pages(from_position, limit, types, stream_prefix):
+            for row in rows:
+                yield self.registry.record(row)
+
+    async def _pages(
+        self, position: int, limit: int | None, types: Iterable[str] | None, stream_prefix: str | None
+    ) -> AsyncIterator[list[Row]]:
+        type_list = list(types) if types is not None else None
+        remaining = limit if limit is not None else 2**62
+        position = max(position, 1)
+        while remaining > 0:
+            size = min(PAGE_SIZE, remaining)
+            rows = await self._backend.read_all(position, size, type_list, stream_prefix)
+            if rows:
+                yield rows
+            if len(rows) < size:
+                return
+            remaining -= len(rows)
+            position = rows[-1][0] + 1
+
+    async def subscribe(
+        self,
+        *,
+        from_position: int = 1,
+        types: Iterable[str] | None = None,
+        stream_prefix: str | None = None,
+        poll_interval: float = 0.05,
+    ) -> AsyncIterator[RecordedEvent]:
+        """Catch up from ``from_position`` (inclusive), then deliver new events as they commit.
+
+        New events from this process wake the subscriber at once; other
+        processes' are picked up within ``poll_interval``. Never skips or
+        repeats a position. Stop by breaking out of the loop or cancelling.
+        """
+        self._check_open()
+        type_list = list(types) if types is not None else None
+        position = max(from_position, 1)
+        filtered = type_list is not None or bool(stream_prefix)
+        while self._open:
+            # A filtered read scans past events it does not return; the head taken
+            # *before* the read says how far it certainly got.
+            head = await self._backend.head() if filtered else 0
+            rows = await self._backend.read_all(position, PAGE_SIZE, type_list, stream_prefix)
+            for row in rows:
+                yield self.registry.record(row)
+            if rows:
+                position = rows[-1][0] + 1
+            if len(rows) < PAGE_SIZE:
+                position = max(position, head + 1)
+                await self._backend.wait_for_append(poll_interval)
+
+    async def head_position(self) -> int:
+        self._check_open()
+        return await self._backend.head()
+
+    async def stream_version(self, stream: str) -> int:
+        self._check_open()
+        return await self._backend.stream_version(stream)
+
+    async def get_events(self, positions: Sequence[int]) -> list[RecordedEvent]:
+        """The events at ``positions`` (missing positions are left out), in position order."""
+        self._check_open()
+        return [self.registry.record(row) for row in await self._backend.read_positions(positions)]
+
+    async def get_event(self, event_id: uuid.UUID) -> RecordedEvent:
+        self._check_open()
+        rows = await self._backend.find_event_ids([event_id.bytes])
+        if not rows:
+            raise NotFound(f"no event with id {event_id} in {self.location}")
+        return self.registry.record(rows[0])
+
+    async def position_at(self, when: dt.datetime) -> int:
+        """The last position recorded at or before ``when`` (0 if none).
+
+        ``recorded_at`` never decreases with position, so this is a binary search.
+        """
+        self._check_open()
+        if when.tzinfo is None:
+            raise ValueError(f"as-of time must be timezone-aware, not {when.isoformat()}")
+        target = to_micros(when)
+        low, high = 0, await self._backend.head()
+        while low < high:
+            middle = (low + high + 1) // 2
+            rows = await self._backend.read_positions([middle])
+            recorded = rows[0][6] if rows else target + 1
+            if recorded <= target:
+                low = middle
+            else:
+                high = middle - 1
+        return low
+
+    # -- integrity -------------------------------------------------------
+
+    async def verify(self, *, progress: Callable[[int], None] | None = None) -> VerifyReport:
+        """Recompute the hash chain and check positions; name the first position that does not match."""
+        self._check_open()
+        head = await self._backend.head()
+        previous, expected, checked = GENESIS_HASH, 1, 0
+        async for rows in self._pages(1, None, None, None):
+            for row in rows:
+                if row[0] != expected:
+                    return _bad(checked, head, expected, f"position {expected} is missing (next is {row[0]})")
+                if chain_hash(previous, row) != bytes(row[9]):
+                    return _bad(checked, head, row[0], "hash does not match the event's content and chain")
+                try:
+                    self.registry.decode(row[4], row[5], bytes(row[8]))
+                except Exception as exc:
+                    return _bad(checked, head, row[0], f"data does not decode as {row[4]}: {exc}")
+                previous, expected, checked = bytes(row[9]), expected + 1, checked + 1
+            if progress is not None:
+                progress(checked)
+        return VerifyReport(ok=True, events_checked=checked, head_position=head)
+
+    # -- the SQL service for read models (projections, facade, audit) ----
+
+    def set_inline_hook(self, hook: InlineHook | None) -> None:
+        """Run ``hook``'s statements inside every append transaction of this store."""
+        self._backend.set_inline_hook(hook)
+
+    async def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        """A read-only query on the store's database (``?`` placeholders)."""
+        self._check_open()
+        return await self._backend.query(sql, params)
+
+    async def apply(self, batches: Sequence[GuardedBatch]) -> list[bool]:
+        """Run guarded statement batches in one transaction (see GuardedBatch)."""
+        self._check_open()
+        return await self._backend.apply(batches)
+
+    async def migrate(self, migrations: MigrationSet) -> list[str]:
+        self._check_open()
+        return await self._backend.migrate(migrations)
+
+    async def applied_migrations(self) -> dict[str, int]:
+        self._check_open()
+        return await self._backend.applied_migrations()
+
+    async def backend_stats(self) -> dict[str, Any]:
+        self._check_open()
+        return await self._backend.stats()
+
+    async def maintain(self, *, vacuum: bool = False) -> None:
+        self._check_open()
+        await self._backend.maintain(vacuum=vacuum)
+
+    async def raw_rows(self, from_position: int = 1) -> AsyncIterator[Row]:
+        """Stored rows as they are (for export), in position order."""
+        self._check_open()
+        async for rows in self._pages(from_position, None, None, None):
+            for row in rows:
+                yield row
+
+    @property
+    def backend(self) -> Backend:
+        return self._backend
+
+
+def _bad(checked: int, head: int, position: int, reason: str) -> VerifyReport:
+    return VerifyReport(
+        ok=False, events_checked=checked, head_position=head, first_bad_position=position, reason=reason
+    )
+
+
+def _as_uuid(value: Any) -> uuid.UUID:
+    if isinstance(value, uuid.UUID):
+        return value
+    try:
+        return uuid.UUID(str(value))
+    except ValueError as exc:
+        raise InvalidEvent(f"event id {value!r} is not a UUID", field="event_ids") from exc
+
+
+def open_store(
+    url: str,
+    *,
+    event_types: Iterable[type[Event]] = (),
+    upcasters: Mapping[tuple[str, int], Upcaster] | None = None,
+    clock: Clock | None = None,
+    actor: str | None = None,
+    **backend_options: Any,
+) -> EventStore:
+    """The event log at ``url`` (a SQLite path, ``:memory:`` or ``postgresql://...``).
+
+    Use as ``async with open_store(url) as log:`` (or ``await open_store(url).open()``).
+    ``event_types`` registers further tagged Structs; ``upcasters`` maps
+    ``(type name, from schema_version)`` to a function upgrading the data dict.
+    Backend options: SQLite ``synchronous`` ("NORMAL" by default, "FULL" for
+    durability across power loss) and ``busy_timeout``; PostgreSQL ``schema``.
+    """
+    registry = EventRegistry(event_types, upcasters)
+    return EventStore(backend_for(url, **backend_options), registry, clock=clock or system_clock, actor=actor)
