@@ -225,5 +225,9 @@ def _to_utc(event: Event) -> Event:
     for name in event.__struct_fields__:
         value = getattr(event, name)
         if isinstance(value, dt.datetime) and value.tzinfo is not _UTC:
-            changes[name] = value.astimezone(_UTC)
+            try:
+                changes[name] = value.astimezone(_UTC)
+            except OverflowError as exc:  # e.g. 0001-01-01T00:00+05:00 is before year 1 in UTC
+                kind = type(event).__name__
+                raise InvalidEvent(f"invalid {kind}.{name}: {exc}", event_type=kind, field=name) from exc
     return msgspec.structs.replace(event, **changes) if changes else event

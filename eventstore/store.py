@@ -151,8 +151,8 @@ class EventStore:
 
     def _prepare(self, request: AppendRequest) -> PreparedAppend:
         stream, events = request.stream, list(request.events)
-        if not isinstance(stream, str) or not stream:
-            raise InvalidEvent(f"stream must be a non-empty string, not {stream!r}", field="stream")
+        if not isinstance(stream, str) or not stream or not stream.isprintable() and not _is_utf8(stream):
+            raise InvalidEvent(f"stream must be a non-empty UTF-8 string, not {stream!r}", field="stream")
         expected = request.expected_version
         valid_int = isinstance(expected, int) and not isinstance(expected, bool) and expected >= 0
         if not (valid_int or isinstance(expected, _Expect)):
@@ -387,6 +387,14 @@ def _bad(checked: int, head: int, position: int, reason: str) -> VerifyReport:
     return VerifyReport(
         ok=False, events_checked=checked, head_position=head, first_bad_position=position, reason=reason
     )
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:  # lone surrogates
+        return False
+    return True
 
 
 def _as_uuid(value: Any) -> uuid.UUID:
