@@ -368,7 +368,8 @@ class SqliteBackend(Backend):
         try:
             yield
         except BaseException:
-            self._inline(self._writer, lambda c: c.executescript(f"ROLLBACK TO {name}; RELEASE {name};"))
+            # Not executescript: in Python < 3.12 it COMMITs the pending transaction first.
+            self._inline(self._writer, lambda c: (c.execute(f"ROLLBACK TO {name}"), c.execute(f"RELEASE {name}")))
             raise
         finally:
             self._in_tx.reset(token)
