@@ -126,6 +126,8 @@ class GuardedBatch(NamedTuple):
 
     guard: Statement | None
     statements: Sequence[Statement]
+    #: Called (on the database thread, inside the transaction) when the guard did not hold.
+    on_skip: Callable[[], None] | None = None
 
 
 #: Called inside the append transaction with the events just written; returns

@@ -151,7 +151,7 @@ class EventStore:
 
     def _prepare(self, request: AppendRequest) -> PreparedAppend:
         stream, events = request.stream, list(request.events)
-        if not isinstance(stream, str) or not stream or not stream.isprintable() and not _is_utf8(stream):
+        if not isinstance(stream, str) or not stream or (not stream.isprintable() and not _is_utf8(stream)):
             raise InvalidEvent(f"stream must be a non-empty UTF-8 string, not {stream!r}", field="stream")
         expected = request.expected_version
         valid_int = isinstance(expected, int) and not isinstance(expected, bool) and expected >= 0
@@ -277,6 +277,11 @@ class EventStore:
                 position = max(position, head + 1)
                 await self._backend.wait_for_append(poll_interval)
 
+    async def wait_for_append(self, timeout: float) -> None:
+        """Sleep until something may have been appended (by any process), or ``timeout`` passes."""
+        self._check_open()
+        await self._backend.wait_for_append(timeout)
+
     async def head_position(self) -> int:
         self._check_open()
         return await self._backend.head()
@@ -289,6 +294,12 @@ class EventStore:
         """The events at ``positions`` (missing positions are left out), in position order."""
         self._check_open()
         return [self.registry.record(row) for row in await self._backend.read_positions(positions)]
+
+    async def find_positions(self, event_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, int]:
+        """Event id -> position, for the ids already in the log."""
+        self._check_open()
+        rows = await self._backend.find_event_ids([event_id.bytes for event_id in event_ids])
+        return {uuid.UUID(bytes=bytes(row[1])): row[0] for row in rows}
 
     async def get_event(self, event_id: uuid.UUID) -> RecordedEvent:
         self._check_open()

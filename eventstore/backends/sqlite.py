@@ -49,7 +49,7 @@ from eventstore.errors import (
     StoreClosed,
 )
 from eventstore.migrations import MigrationSet
-from eventstore.model import AppendResult, GuardedBatch, InlineHook, Row
+from eventstore.model import AppendResult, GuardedBatch, InlineHook, Row, Statement
 
 __all__ = ("SqliteBackend",)
 
@@ -509,14 +509,30 @@ def _find_ids(conn: sqlite3.Connection, event_ids: list[bytes]) -> list[Row]:
 
 def _run_batches(conn: sqlite3.Connection, batches: Sequence[GuardedBatch]) -> list[bool]:
     held: list[bool] = []
-    for guard, statements in batches:
+    for guard, statements, on_skip in batches:
         if guard is not None and conn.execute(guard.sql, guard.params).rowcount != 1:
             held.append(False)
+            if on_skip is not None:
+                on_skip()
             continue
-        for statement in statements:
-            conn.execute(statement.sql, statement.params)
+        _execute_grouped(conn, statements)
         held.append(True)
     return held
+
+
+def _execute_grouped(conn: sqlite3.Connection, statements: Sequence[Statement]) -> None:
+    """Run statements in order; runs of the same SQL go through one executemany."""
+    index, count = 0, len(statements)
+    while index < count:
+        sql = statements[index].sql
+        end = index + 1
+        while end < count and statements[end].sql == sql:
+            end += 1
+        if end - index == 1:
+            conn.execute(sql, statements[index].params)
+        else:
+            conn.executemany(sql, [s.params for s in statements[index:end]])
+        index = end
 
 
 def _commit(conn: sqlite3.Connection, wait: bool) -> None:

@@ -1,0 +1,290 @@
+"""The projection runner: catch up, follow, rebuild into a new generation, switch.
+
+State lives in ``projection_state``: one row per (projection, generation) with
+its version, checkpoint and state (``live`` or ``building``). Each generation
+has its own physical tables (``<table>_g<generation>``); queries read views
+named after the logical tables, which point at the live generation.
+
+Exactly once: every batch of statements runs in one transaction whose guard
+moves the generation's checkpoint from the value it was computed against.
+If anyone else (another process, the inline path) moved it first, the guard
+fails, nothing is applied, and the runner re-reads and continues.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Sequence
+from typing import NamedTuple
+
+import anyio
+
+from eventstore import EventStore, GuardedBatch, RecordedEvent, Statement
+from eventstore.migrations import MigrationSet
+from projections.base import Projection, Tables
+
+__all__ = ("STATE_MIGRATIONS", "Generation", "ProjectionRunner", "ProjectionStatus")
+
+log = logging.getLogger("eventstore.projections")
+Progress = Callable[[int, int], None]
+
+STATE_MIGRATIONS = MigrationSet("projections")
+
+
+@STATE_MIGRATIONS.step
+def create_projection_state(dialect: str) -> Sequence[str]:
+    return (
+        """CREATE TABLE projection_state (
+            name TEXT NOT NULL,
+            generation INTEGER NOT NULL,
+            version INTEGER NOT NULL,
+            checkpoint BIGINT NOT NULL,
+            state TEXT NOT NULL,
+            PRIMARY KEY (name, generation)
+        )""",
+        "CREATE UNIQUE INDEX projection_state_one_live ON projection_state (name) WHERE state = 'live'",
+        "CREATE UNIQUE INDEX projection_state_one_building ON projection_state (name) WHERE state = 'building'",
+    )
+
+
+_ADVANCE = "UPDATE projection_state SET checkpoint = ? WHERE name = ? AND generation = ? AND checkpoint = ?"
+_SWITCH = (
+    "UPDATE projection_state SET state = 'live' WHERE name = ? AND generation = ? AND state = 'building' "
+    "AND checkpoint = (SELECT coalesce(max(position), 0) FROM events)"
+)
+
+
+class Generation(NamedTuple):
+    name: str
+    generation: int
+    version: int
+    checkpoint: int
+    state: str
+
+
+class ProjectionStatus(NamedTuple):
+    name: str
+    version: int
+    generation: int
+    checkpoint: int
+    lag: int
+    state: str  # "live" or "rebuilding"
+    progress: float  # 1.0 when live
+
+
+def physical_tables(projection: Projection, generation: int) -> dict[str, str]:
+    return {table: f"{table}_g{generation}" for table in projection.tables}
+
+
+class ProjectionRunner:
+    """Keeps a set of projections up to date with one log."""
+
+    def __init__(self, log: EventStore, projections: Iterable[Projection], *, batch_size: int = 2000) -> None:
+        self.log = log
+        self.projections = {p.name: p for p in projections}
+        self.batch_size = batch_size
+        self.live: dict[str, Generation] = {}
+        self.building: dict[str, Generation] = {}
+        self._tables: dict[str, Tables] = {}
+        #: Set when an inline guard failed: someone else moved a checkpoint, so catch up before answering.
+        self.behind = True
+
+    # -- setup -----------------------------------------------------------
+
+    async def start(self, *, inline: bool = True) -> None:
+        """Create state and tables as needed, catch up the live generations, and (optionally)
+        apply projections inside every append from now on."""
+        await self.log.migrate(STATE_MIGRATIONS)
+        for projection in self.projections.values():
+            await self._ensure_generation(projection)
+        if inline:
+            self.log.set_inline_hook(self._inline)
+        await self.catch_up(include_building=False)
+
+    def stop_inline(self) -> None:
+        self.log.set_inline_hook(None)
+
+    async def refresh(self) -> None:
+        rows = await self.log.query("SELECT name, generation, version, checkpoint, state FROM projection_state")
+        live: dict[str, Generation] = {}
+        building: dict[str, Generation] = {}
+        for row in rows:
+            generation = Generation(str(row[0]), int(row[1]), int(row[2]), int(row[3]), str(row[4]))
+            if generation.name in self.projections:
+                (live if generation.state == "live" else building)[generation.name] = generation
+        self.live, self.building = live, building
+        self._tables = {name: physical_tables(self.projections[name], g.generation) for name, g in live.items()}
+
+    async def _ensure_generation(self, projection: Projection) -> None:
+        await self.refresh()
+        live, building = self.live.get(projection.name), self.building.get(projection.name)
+        if live is None:
+            log.info("creating projection %s v%d", projection.name, projection.version)
+            await self._create_generation(projection, "live")
+        elif live.version != projection.version and (building is None or building.version != projection.version):
+            if building is not None:
+                await self._drop_generation(projection, building.generation)
+            log.info("projection %s: v%d -> v%d, rebuilding", projection.name, live.version, projection.version)
+            await self._create_generation(projection, "building")
+        await self.refresh()
+
+    async def _create_generation(self, projection: Projection, state: str) -> int:
+        async with self.log.transaction():
+            rows = await self.log.query(
+                "SELECT coalesce(max(generation), 0) FROM projection_state WHERE name = ?", (projection.name,)
+            )
+            generation = int(rows[0][0]) + 1
+            tables = physical_tables(projection, generation)
+            statements = [
+                Statement(
+                    "INSERT INTO projection_state (name, generation, version, checkpoint, state) "
+                    "VALUES (?, ?, ?, 0, ?)",
+                    (projection.name, generation, projection.version, state),
+                ),
+                *(Statement(ddl) for ddl in projection.schema(tables, self.log.dialect)),
+            ]
+            if state == "live":
+                statements += self._view_statements(projection, tables)
+            await self.log.apply([GuardedBatch(None, statements)])
+        return generation
+
+    def _view_statements(self, projection: Projection, tables: Tables) -> list[Statement]:
+        statements = []
+        for view, table in projection.views(tables):
+            statements.append(Statement(f"DROP VIEW IF EXISTS {view}"))
+            statements.append(Statement(f"CREATE VIEW {view} AS SELECT * FROM {table}"))
+        return statements
+
+    async def _drop_generation(self, projection: Projection, generation: int) -> None:
+        statements = [Statement(f"DROP TABLE IF EXISTS {t}") for t in physical_tables(projection, generation).values()]
+        statements.append(
+            Statement("DELETE FROM projection_state WHERE name = ? AND generation = ?", (projection.name, generation))
+        )
+        await self.log.apply([GuardedBatch(None, statements)])
+
+    # -- applying events -------------------------------------------------
+
+    def _statements(self, projection: Projection, tables: Tables, events: Sequence[RecordedEvent]) -> list[Statement]:
+        handles, out = projection.handles, list[Statement]()
+        for event in events:
+            if event.type in handles:
+                out.extend(projection.handle(event, tables))
+        return out
+
+    def _inline(self, events: Sequence[RecordedEvent]) -> list[GuardedBatch]:
+        first, last = events[0].position, events[-1].position
+        batches = []
+        for name, generation in self.live.items():
+            statements = self._statements(self.projections[name], self._tables[name], events)
+            guard = Statement(_ADVANCE, (last, name, generation.generation, first - 1))
+            batches.append(GuardedBatch(guard, statements, self._mark_behind))
+        return batches
+
+    def _mark_behind(self) -> None:
+        self.behind = True
+
+    async def ensure_current(self) -> None:
+        """Read your writes: if an inline application was skipped, catch up now."""
+        if self.behind:
+            await self.catch_up(include_building=False)
+
+    async def catch_up(self, *, include_building: bool = True, progress: Progress | None = None) -> int:
+        """Apply every event up to the head; switch rebuilt generations in. Returns events read."""
+        read = 0
+        while True:
+            await self.refresh()
+            generations = [*self.live.values(), *(self.building.values() if include_building else ())]
+            head = await self.log.head_position()
+            if progress is not None and self.building:
+                progress(min(g.checkpoint for g in self.building.values()), head)
+            low = min((g.checkpoint for g in generations), default=head)
+            if low >= head:
+                break
+            events = [e async for e in self.log.read_all(from_position=low + 1, limit=self.batch_size)]
+            if not events:
+                break
+            read += len(events)
+            await self.log.apply([self._batch(g, events) for g in generations if g.checkpoint < events[-1].position])
+        self.behind = False
+        if include_building:
+            await self._switch_caught_up()
+        return read
+
+    def _batch(self, generation: Generation, events: Sequence[RecordedEvent]) -> GuardedBatch:
+        projection = self.projections[generation.name]
+        tables = physical_tables(projection, generation.generation)
+        todo = [e for e in events if e.position > generation.checkpoint]
+        guard = Statement(_ADVANCE, (todo[-1].position, generation.name, generation.generation, generation.checkpoint))
+        return GuardedBatch(guard, self._statements(projection, tables, todo))
+
+    async def _switch_caught_up(self) -> None:
+        for name, building in list(self.building.items()):
+            projection = self.projections[name]
+            tables = physical_tables(projection, building.generation)
+            old = self.live.get(name)
+            statements = []
+            if old is not None:
+                statements.append(
+                    Statement("DELETE FROM projection_state WHERE name = ? AND generation = ?", (name, old.generation))
+                )
+            statements += self._view_statements(projection, tables)
+            if old is not None:
+                statements += [
+                    Statement(f"DROP TABLE IF EXISTS {t}") for t in physical_tables(projection, old.generation).values()
+                ]
+            guard = Statement(_SWITCH, (name, building.generation))
+            (switched,) = await self.log.apply([GuardedBatch(guard, statements)])
+            if switched:
+                log.info("projection %s: generation %d (v%d) is live", name, building.generation, building.version)
+        await self.refresh()
+
+    # -- operating -------------------------------------------------------
+
+    async def rebuild(self, names: Iterable[str] | None = None, *, progress: Progress | None = None) -> None:
+        """Rebuild the named projections (default: all) from position 1 into fresh tables, then switch."""
+        chosen = list(names) if names is not None else list(self.projections)
+        unknown = [n for n in chosen if n not in self.projections]
+        if unknown:
+            raise ValueError(f"unknown projection(s): {', '.join(unknown)}; known: {', '.join(self.projections)}")
+        await self.refresh()
+        for name in chosen:
+            projection = self.projections[name]
+            if name in self.building:
+                await self._drop_generation(projection, self.building[name].generation)
+            await self._create_generation(projection, "building")
+        await self.catch_up(include_building=True, progress=progress)
+
+    async def follow(self, *, poll_interval: float = 0.5, wake_on_append: bool = False) -> None:
+        """Run forever: catch up (live and rebuilding generations), then wait for more."""
+        while True:
+            try:
+                await self.catch_up(include_building=True)
+            except Exception:
+                log.exception("projection catch-up failed; retrying in %.1fs", poll_interval)
+            if wake_on_append:
+                await self.log.wait_for_append(poll_interval)
+            else:
+                await anyio.sleep(poll_interval)
+
+    async def status(self) -> list[ProjectionStatus]:
+        await self.refresh()
+        head = await self.log.head_position()
+        out = []
+        for generation in [*self.live.values(), *self.building.values()]:
+            rebuilding = generation.state != "live"
+            out.append(
+                ProjectionStatus(
+                    name=generation.name,
+                    version=generation.version,
+                    generation=generation.generation,
+                    checkpoint=generation.checkpoint,
+                    lag=max(0, head - generation.checkpoint),
+                    state="rebuilding" if rebuilding else "live",
+                    progress=(generation.checkpoint / head if head else 1.0) if rebuilding else 1.0,
+                )
+            )
+        return sorted(out, key=lambda s: (s.name, s.state))
+
+    def table(self, projection: str, table: str) -> str:
+        """The physical table behind a logical one, in the live generation (for writes like cleanup)."""
+        return self._tables[projection][table]
