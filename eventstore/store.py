@@ -10,6 +10,7 @@ import contextlib
 import datetime as dt
 import logging
 import os
+import struct
 import sys
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
@@ -339,7 +340,7 @@ class EventStore:
             for row in rows:
                 if row[0] != expected:
                     return _bad(checked, head, expected, f"position {expected} is missing (next is {row[0]})")
-                if chain_hash(previous, row) != bytes(row[9]):
+                if not _hash_matches(previous, row):
                     return _bad(checked, head, row[0], "hash does not match the event's content and chain")
                 try:
                     self.registry.decode(row[4], row[5], bytes(row[8]))
@@ -392,6 +393,13 @@ class EventStore:
     @property
     def backend(self) -> Backend:
         return self._backend
+
+
+def _hash_matches(previous: bytes, row: Row) -> bool:
+    try:
+        return isinstance(row[9], bytes | bytearray | memoryview) and chain_hash(previous, row) == bytes(row[9])
+    except (TypeError, ValueError, AttributeError, struct.error):
+        return False  # a column of the wrong type (SQLite is dynamically typed): tampered
 
 
 def _bad(checked: int, head: int, position: int, reason: str) -> VerifyReport:
