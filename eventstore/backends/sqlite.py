@@ -545,7 +545,7 @@ def _translated(path: str) -> Iterator[None]:
     try:
         yield
     except sqlite3.IntegrityError as exc:
-        raise DuplicateEventError(f"constraint failed in {path}: {exc}") from exc
+        raise _translate(exc, path) from exc
     except sqlite3.Error as exc:
         raise DatabaseError(f"SQLite error on {path}: {exc}") from exc
     except ValueError as exc:
@@ -561,5 +561,9 @@ def _rollback(conn: sqlite3.Connection) -> None:
 
 def _translate(exc: BaseException, path: str) -> BaseException:
     if isinstance(exc, sqlite3.IntegrityError):
-        return DuplicateEventError(f"constraint failed in {path}: {exc}")
+        # Only a repeated event id is a duplicate; the append-only triggers and read
+        # models' own constraints are not (they must not look like an idempotency hit).
+        if "events.event_id" in str(exc):
+            return DuplicateEventError(f"event id already recorded in {path}: {exc}")
+        return DatabaseError(f"constraint failed in {path}: {exc}")
     return exc
