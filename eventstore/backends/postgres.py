@@ -699,7 +699,9 @@ def _coerce(value: Any, type_name: str) -> Any:
         return None
     if type_name in _TEXT_TYPES and not isinstance(value, str):
         return str(int(value) if isinstance(value, bool) else value)
-    if type_name in _INTEGER_TYPES and isinstance(value, bool | float | str):
+    if type_name in _INTEGER_TYPES and (
+        isinstance(value, bool | str) or (isinstance(value, float) and value.is_integer())
+    ):
         return int(value)
     if type_name in _FLOAT_TYPES and isinstance(value, int | str):
         return float(value)
