@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import random
 import sys
+
 import anyio
 
 from eventstore import AppendRequest, SignalPushed, open_store
