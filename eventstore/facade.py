@@ -23,12 +23,14 @@ from typing import Any
 import anyio
 import msgspec
 
+from eventstore import audit
 from eventstore.codec import signal_event_id
 from eventstore.errors import DuplicateEventError, InvalidEvent, InvalidTransition, NotFound, WrongExpectedVersion
 from eventstore.events import SignalDetected, SignalPushed, SignalRejected, SuppressionSynced, company_stream
 from eventstore.model import AppendRequest, GuardedBatch, RecordedEvent, Statement
 from eventstore.store import Clock, EventStore, open_store
-from projections import BUILTIN_PROJECTIONS, ProjectionRunner, ProjectionStatus, iso
+from projections import ProjectionRunner, ProjectionStatus, iso
+from projections.search import default_projections, search_ids
 
 __all__ = ("Signal", "SignalStore", "SuppressionEntry", "signal_store")
 
@@ -106,7 +108,7 @@ class SignalStore:
         background: bool = True,
     ) -> None:
         self.log = log
-        self.runner = ProjectionRunner(log, BUILTIN_PROJECTIONS())
+        self.runner = ProjectionRunner(log, default_projections())  # built-ins + search
         self.cleanup_interval = cleanup_interval
         self.poll_interval = poll_interval
         self.background = background
@@ -448,6 +450,54 @@ class SignalStore:
 
     async def projection_status(self) -> list[ProjectionStatus]:
         return await self.runner.status()
+
+    # -- audit and search (issue 4; see eventstore/audit.py) -----------------
+
+    async def history(self, canonical_key: str) -> list[RecordedEvent]:
+        """Every event about a company, with its envelope; NotFound for an unknown key."""
+        return await audit.history(self.log, canonical_key)
+
+    async def why(self, signal_id: int) -> audit.SignalStory:
+        """The signal's story (``str()`` tells it); NotFound for an unknown id."""
+        return await audit.why(self.log, signal_id)
+
+    async def as_of(self, when: dt.datetime) -> audit.AsOfView:
+        """A read-only view answering the query methods as of ``when`` (by recorded_at, inclusive)."""
+        return await audit.as_of(self.log, when)
+
+    async def events(
+        self,
+        *,
+        types: Iterable[str] | None = None,
+        stream_prefix: str | None = None,
+        actor: str | None = None,
+        correlation_id: str | None = None,
+        since: dt.datetime | None = None,
+        until: dt.datetime | None = None,
+        limit: int | None = None,
+    ) -> list[RecordedEvent]:
+        """Recorded events matching every given filter, in position order."""
+        return await audit.events(
+            self.log,
+            types=types,
+            stream_prefix=stream_prefix,
+            actor=actor,
+            correlation_id=correlation_id,
+            since=since,
+            until=until,
+            limit=limit,
+        )
+
+    async def search(self, text: str, limit: int = 20) -> list[Signal]:
+        """Signals whose company name or raw_data text contains every word of ``text``, best first."""
+        await self.runner.ensure_current()
+        ids = await search_ids(self.log, self.runner.table("search", "search"), text, limit)
+        if not ids:
+            return []
+        marks = ", ".join("?" * len(ids))
+        rows = await self.log.query(f"SELECT {_SIGNAL_COLUMNS} FROM {_SIGNAL_FROM} WHERE s.id IN ({marks})", ids)
+        found = {signal.id: signal for signal in map(_signal, rows)}
+        return [found[i] for i in ids if i in found]
 
 
 def _same_outcome(recorded: RecordedEvent, event: SignalPushed | SignalRejected) -> bool:
