@@ -164,8 +164,9 @@ class SignalStore:
         meta: dict[str, Any] = dict(extra or {})
         if actor is not None:
             meta["actor"] = actor
-        if correlation_id is not None:
-            meta["correlation_id"] = correlation_id
+        # One call is one unit of work: every event it appends shares one correlation id
+        # (the log would otherwise give each stream's request its own).
+        meta["correlation_id"] = correlation_id if correlation_id is not None else str(uuid.uuid4())
         return meta
 
     @contextlib.asynccontextmanager
@@ -316,6 +317,8 @@ class SignalStore:
 
     async def _transition(self, event: SignalPushed | SignalRejected, meta: dict[str, Any]) -> bool:
         """Append ``event`` if the signal is pending; True if appended, False if it repeated the outcome."""
+        if isinstance(event.signal_id, bool) or not isinstance(event.signal_id, int) or event.signal_id < 1:
+            raise NotFound(f"no signal with id {event.signal_id!r}")  # unknown, not merely invalid
         self.log.registry.encode(event)  # validate before touching the log
         for _ in range(_TRANSITION_RETRIES):
             detected = await self._detection(event.signal_id)
@@ -369,7 +372,11 @@ class SignalStore:
         """Record a Notion sync: one SuppressionSynced per entry, in one atomic append. Returns the count."""
         if isinstance(ttl_days, bool) or not isinstance(ttl_days, int | float) or not ttl_days >= 0:
             raise InvalidEvent(f"ttl_days must be a non-negative number, not {ttl_days!r}", field="ttl_days")
-        expires_at = self.log.now() + dt.timedelta(days=ttl_days)
+        try:
+            expires_at = self.log.now() + dt.timedelta(days=ttl_days)
+        except OverflowError as exc:  # inf, or past year 9999
+            raise InvalidEvent(f"ttl_days={ttl_days!r} puts expires_at out of range", field="ttl_days") from exc
+        meta = self._meta(actor, correlation_id, None)
         requests = [
             AppendRequest(
                 stream=company_stream(entry.canonical_key),
@@ -381,7 +388,7 @@ class SignalStore:
                         expires_at=expires_at,
                     )
                 ],
-                metadata=self._meta(actor, correlation_id, None),
+                metadata=meta,
             )
             for entry in entries
         ]
