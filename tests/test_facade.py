@@ -651,7 +651,15 @@ async def test_the_reference_usage_examples_keep_working(tmp_path: Path, monkeyp
     async with signal_store() as store:
         with pytest.raises(RuntimeError):
             async with store.transaction():
-                await store.mark_rejected(beta_id, reason="duplicate", metadata={"note": "x"})
+                new_id = await store.save_signal(
+                    signal_type="github_spike",
+                    source_api="github",
+                    canonical_key="domain:gamma.dev",
+                    company_name="Gamma",
+                    confidence=0.5,
+                    raw_data={},
+                )
+                await store.mark_rejected(new_id, reason="duplicate", metadata={"note": "x"})
                 raise RuntimeError("gate crashed")
-        beta = await store.get_signal(beta_id)
-        assert beta is not None and beta.status == "pushed"
+        assert await store.get_signal(new_id) is None
+        assert await store.get_signals_for_company("domain:gamma.dev") == []
