@@ -303,3 +303,41 @@ async def test_stats_report_the_backend_and_the_schema_size(pg: EventStore) -> N
     stats = await pg.backend_stats()
     assert stats["backend"] == "postgresql"
     assert stats["size_bytes"] == stats["file_size_bytes"] > 0
+
+
+# -- ordering --------------------------------------------------------------------
+
+
+@needs_postgres
+async def test_reader_never_skips_a_late_commit(pg_url: str) -> None:
+    """An append that started first but commits last still gets the lower position, never a hole."""
+    async with open_store(pg_url) as slow, open_store(pg_url) as fast, open_store(pg_url) as reader:
+        await slow.append(A, [detected()])
+        late_appended, fast_done = anyio.Event(), anyio.Event()
+        positions: dict[str, list[int]] = {}
+
+        async def late_committer() -> None:
+            async with slow.transaction():
+                result = await slow.append(
+                    A, [detected(company_name="late", detected_at=detected().detected_at.replace(hour=1))]
+                )
+                positions["late"] = result.positions
+                late_appended.set()
+                await anyio.sleep(0.5)  # commit late, while another writer is waiting
+
+        async def quick_writer() -> None:
+            await late_appended.wait()
+            result = await fast.append(company_stream("domain:b.ai"), [detected("domain:b.ai")])
+            positions["fast"] = result.positions
+            fast_done.set()
+
+        with anyio.fail_after(10):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(late_committer)
+                tg.start_soon(quick_writer)
+                await late_appended.wait()
+                await anyio.sleep(0.2)
+                assert not fast_done.is_set(), "the second writer must wait for the first to commit"
+                assert [e.position async for e in reader.read_all()] == [1]  # nothing uncommitted is visible
+        assert positions == {"late": [2], "fast": [3]}
+        assert [e.position async for e in reader.read_all()] == [1, 2, 3]
