@@ -25,8 +25,10 @@ from eventstore.errors import EventStoreError, IntegrityViolation
 from eventstore.model import GuardedBatch, Row, Statement
 from eventstore.schema import LOG_MIGRATIONS
 from eventstore.store import EventStore
+from projections import ProjectionRunner
+from projections.search import default_projections
 
-__all__ = ("FORMAT", "FORMAT_VERSION", "ExportHeader", "ImportReport", "export_log", "import_log")
+__all__ = ("FORMAT", "FORMAT_VERSION", "ExportHeader", "ImportReport", "export_log", "import_log", "restore")
 
 FORMAT = "eventstore-jsonl"
 FORMAT_VERSION = 1
@@ -108,9 +110,7 @@ def _to_line(row: Row) -> _Line:
     )
 
 
-async def import_log(
-    log: EventStore, lines: Iterable[bytes], *, progress: Progress | None = None
-) -> ImportReport:
+async def import_log(log: EventStore, lines: Iterable[bytes], *, progress: Progress | None = None) -> ImportReport:
     """Load an export into an empty store, all or nothing.
 
     Checks every line as it goes (format, contiguous positions, stream
@@ -141,6 +141,21 @@ async def import_log(
     if progress is not None:
         progress(reader.count, header.event_count)
     return ImportReport(events=reader.count, head_position=reader.position)
+
+
+async def restore(log: EventStore, lines: Iterable[bytes], *, progress: Progress | None = None) -> ImportReport:
+    """Import into a new or empty store, then rebuild every projection from the imported log."""
+    existing = await log.head_position()
+    if existing:
+        raise EventStoreError(
+            f"cannot import into {log.location}: it already holds events (head position {existing}); "
+            "import needs a new or empty store"
+        )
+    runner = ProjectionRunner(log, default_projections())
+    await runner.start(inline=False)  # empty tables at checkpoint 0, so nothing to catch up yet
+    report = await import_log(log, lines, progress=progress)
+    await runner.rebuild(progress=progress)
+    return report
 
 
 class _Reader:

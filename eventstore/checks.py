@@ -72,9 +72,7 @@ def _objects(statements: Iterable[str]) -> list[SchemaObject]:
     return found
 
 
-def expected_objects(
-    dialect: str, migrations: Sequence[MigrationSet], runner: ProjectionRunner
-) -> list[SchemaObject]:
+def expected_objects(dialect: str, migrations: Sequence[MigrationSet], runner: ProjectionRunner) -> list[SchemaObject]:
     """Every object the migrations and the live projection generations define."""
     objects: list[SchemaObject] = []
     for migration_set in migrations:
