@@ -8,6 +8,7 @@ import sqlite3
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -73,7 +74,7 @@ async def test_files_are_in_wal_mode(sqlite_path: str) -> None:
 async def test_synchronous_defaults_to_normal_and_is_configurable(
     sqlite_path: str, given: str | None, level: int, name: str
 ) -> None:
-    options = {} if given is None else {"synchronous": given}
+    options: dict[str, Any] = {} if given is None else {"synchronous": given}
     async with open_store(sqlite_path, **options) as log:
         assert await log.query("PRAGMA synchronous") == [(level,)]
         assert (await log.backend_stats())["synchronous"] == name
