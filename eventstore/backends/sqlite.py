@@ -261,18 +261,24 @@ class SqliteBackend(Backend):
             return await self._write(lambda c: self._append_item(c, requests, clock))
         item = _Pending(requests)
         self._queue.append(item)
-        # Group commit: give every other ready appender one turn to join this transaction.
-        await anyio.lowlevel.checkpoint()
-        async with self._lock:
-            if not item.done:
-                group, self._queue = self._queue, []
-                try:
-                    outcomes = await self._write(lambda c: self._append_group(c, group, clock))
-                except BaseException as exc:  # the whole group failed (e.g. disk full)
-                    outcomes = [exc] * len(group)
-                for pending, outcome in zip(group, outcomes, strict=True):
-                    pending.result, pending.done = outcome, True
-                self._notify()
+        try:
+            # Group commit: give every other ready appender one turn to join this transaction.
+            await anyio.lowlevel.checkpoint()
+            async with self._lock:
+                if not item.done:
+                    group, self._queue = self._queue, []
+                    try:
+                        outcomes = await self._write(lambda c: self._append_group(c, group, clock))
+                    except BaseException as exc:  # the whole group failed (e.g. disk full)
+                        outcomes = [exc] * len(group)
+                    for pending, outcome in zip(group, outcomes, strict=True):
+                        pending.result, pending.done = outcome, True
+                    self._notify()
+        except BaseException:
+            # Cancelled while queued: withdraw, or a later group would write it behind the caller's back.
+            if item in self._queue:
+                self._queue.remove(item)
+            raise
         if isinstance(item.result, BaseException):
             raise item.result
         assert item.result is not None
