@@ -713,3 +713,22 @@ async def test_an_event_without_an_upcaster_path_is_a_schema_version_error(store
         report = await log.verify()
         assert not report.ok
         assert report.first_bad_position == 1
+
+
+async def test_an_append_cancelled_while_waiting_is_never_written_later(log: EventStore) -> None:
+    inside, release = anyio.Event(), anyio.Event()
+    async with anyio.create_task_group() as tg:
+
+        async def hold_the_writer() -> None:
+            async with log.transaction():
+                inside.set()
+                await release.wait()
+
+        tg.start_soon(hold_the_writer)
+        await inside.wait()
+        with anyio.move_on_after(0.05) as scope:
+            await log.append("cancelled", pushes(1))
+        assert scope.cancelled_caught
+        release.set()
+    await log.append(A, pushes(1))
+    assert [e.stream for e in await everything(log)] == [A]
