@@ -424,6 +424,7 @@ class SignalStore:
         """
         now = iso(self.log.now())
         async with self.log.transaction():
+            await self.runner.refresh()  # another store may have switched generations (and dropped ours)
             table = self.runner.table("suppression", "suppression")
             rows = await self.log.query(f"SELECT count(*) FROM {table} WHERE expires_at <= ?", (now,))
             count = int(rows[0][0])
@@ -498,6 +499,7 @@ class SignalStore:
     async def search(self, text: str, limit: int = 20) -> list[Signal]:
         """Signals whose company name or raw_data text contains every word of ``text``, best first."""
         await self.runner.ensure_current()
+        await self.runner.refresh()  # another store may have switched generations (and dropped ours)
         ids = await search_ids(self.log, self.runner.table("search", "search"), text, limit)
         if not ids:
             return []

@@ -48,10 +48,14 @@ def create_projection_state(dialect: str) -> Sequence[str]:
 
 
 _ADVANCE = "UPDATE projection_state SET checkpoint = ? WHERE name = ? AND generation = ? AND checkpoint = ?"
+# The guard of a switch claims the caught-up building row as 'switching' (neither unique index covers
+# it); the batch then deletes the old live row and only then marks the new one live, all in one
+# transaction. Setting it 'live' in the guard would collide with the old live row.
 _SWITCH = (
-    "UPDATE projection_state SET state = 'live' WHERE name = ? AND generation = ? AND state = 'building' "
+    "UPDATE projection_state SET state = 'switching' WHERE name = ? AND generation = ? AND state = 'building' "
     "AND checkpoint = (SELECT coalesce(max(position), 0) FROM events)"
 )
+_GO_LIVE = "UPDATE projection_state SET state = 'live' WHERE name = ? AND generation = ? AND state = 'switching'"
 
 
 class Generation(NamedTuple):
@@ -130,6 +134,11 @@ class ProjectionRunner:
 
     async def _create_generation(self, projection: Projection, state: str) -> int:
         async with self.log.transaction():
+            taken = await self.log.query(
+                "SELECT generation FROM projection_state WHERE name = ? AND state = ?", (projection.name, state)
+            )
+            if taken:  # another store created it between our check and this transaction
+                return int(taken[0][0])
             rows = await self.log.query(
                 "SELECT coalesce(max(generation), 0) FROM projection_state WHERE name = ?", (projection.name,)
             )
@@ -227,6 +236,7 @@ class ProjectionRunner:
                 statements.append(
                     Statement("DELETE FROM projection_state WHERE name = ? AND generation = ?", (name, old.generation))
                 )
+            statements.append(Statement(_GO_LIVE, (name, building.generation)))
             statements += self._view_statements(projection, tables)
             if old is not None:
                 statements += [
