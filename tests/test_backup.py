@@ -1,0 +1,154 @@
+"""Export and import: a faithful round trip, and every kind of corrupt backup refused whole."""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from eventstore import EventStoreError, IntegrityViolation, SuppressionEntry, open_store, signal_store
+from eventstore.backup import export_log, import_log, restore
+from tests.conftest import FakeClock
+
+pytestmark = pytest.mark.anyio
+
+
+async def populate(url: str) -> None:
+    clock = FakeClock()
+    async with signal_store(url, clock=clock, background=False, cleanup_interval=None, actor="seed") as store:
+        ids = []
+        for n in range(12):
+            clock.advance(seconds=30)
+            ids.append(
+                await store.save_signal(
+                    "github_spike", "github", f"domain:c{n % 5}.ai", f"Company {n % 5}", 0.5 + n / 40,
+                    {"repo": f"c{n}/rocket", "stars": n},
+                )
+            )  # fmt: skip
+        await store.update_suppression_cache(
+            [SuppressionEntry(canonical_key="domain:c1.ai", notion_page_id="page-c1", status="Active")]
+        )
+        await store.mark_pushed(ids[0], "page-0", {"score": 3})
+        await store.mark_rejected(ids[1], "duplicate")
+
+
+async def export_bytes(url: str) -> bytes:
+    out = io.BytesIO()
+    async with open_store(url) as log:
+        await export_log(log, out)
+    return out.getvalue()
+
+
+async def facade_answers(url: str) -> list[object]:
+    clock = FakeClock(dt.datetime(2026, 1, 7, tzinfo=dt.UTC))
+    async with signal_store(url, clock=clock, background=False, cleanup_interval=None) as store:
+        return [
+            await store.get_processing_stats(),
+            await store.get_pending_signals(limit=50),
+            [await store.get_signal(i) for i in range(1, 16)],
+            await store.get_signals_for_company("domain:c1.ai"),
+            await store.check_suppression("domain:c1.ai"),
+            await store.search("rocket", limit=50),
+            str(await store.why(1)),
+        ]
+
+
+async def raw(url: str) -> list[tuple[object, ...]]:
+    async with open_store(url) as log:
+        return [
+            tuple(bytes(v) if isinstance(v, bytes | memoryview) else v for v in row) async for row in log.raw_rows()
+        ]
+
+
+async def test_round_trip_keeps_positions_ids_hashes_and_answers(tmp_path: Path, store_url: str) -> None:
+    source = str(tmp_path / "source.db")
+    await populate(source)
+    dump = await export_bytes(source)
+    header = json.loads(dump.splitlines()[0])
+    assert header == {"format": "eventstore-jsonl", "format_version": 1, "schema_version": 1,
+                      "head_position": 15, "event_count": 15}  # fmt: skip
+    async with open_store(store_url) as log:
+        report = await restore(log, io.BytesIO(dump))
+        assert (report.events, report.head_position) == (15, 15)
+        assert (await log.verify()).ok
+    assert await raw(store_url) == await raw(source)
+    assert await facade_answers(store_url) == await facade_answers(source)
+    assert await export_bytes(store_url) == dump
+
+
+def _lines(dump: bytes) -> list[bytes]:
+    return dump.splitlines(keepends=True)
+
+
+def _edit(line: bytes) -> bytes:
+    return line.replace(b"Company", b"Kompany", 1)
+
+
+Corruption = Callable[[list[bytes]], list[bytes]]
+CORRUPTIONS: dict[str, tuple[Corruption, int, str]] = {
+    "truncated": (lambda ls: ls[:-2], 15, "truncated"),
+    "reordered": (lambda ls: [*ls[:4], ls[5], ls[4], *ls[6:]], 5, "expected position 4, found 5"),
+    "duplicated": (lambda ls: [*ls[:6], ls[5], *ls[6:]], 7, "expected position 6, found 5"),
+    "edited": (lambda ls: [*ls[:3], _edit(ls[3]), *ls[4:]], 4, "hash of position 3 does not match"),
+    "bad header": (lambda ls: [b'{"format":"something-else"}\n', *ls[1:]], 1, "not a valid header"),
+    "not json": (lambda ls: [*ls[:2], b"{oops\n", *ls[3:]], 3, "not a valid event line"),
+    "empty": (lambda ls: [], 1, "empty file"),
+}
+
+
+@pytest.mark.parametrize("kind", list(CORRUPTIONS))
+async def test_a_corrupt_backup_fails_with_its_line_and_leaves_the_store_empty(
+    tmp_path: Path, store_url: str, kind: str
+) -> None:
+    source = str(tmp_path / "source.db")
+    await populate(source)
+    corrupt, line, reason = CORRUPTIONS[kind]
+    data = b"".join(corrupt(_lines(await export_bytes(source))))
+    async with open_store(store_url) as log:
+        with pytest.raises(IntegrityViolation, match=reason) as caught:
+            await restore(log, io.BytesIO(data))
+        assert caught.value.line == line
+        assert f"line {line}" in str(caught.value)
+        assert await log.head_position() == 0
+        assert await log.query("SELECT count(*) FROM events") == [(0,)]
+
+
+async def test_import_refuses_a_store_that_already_has_events(tmp_path: Path, store_url: str) -> None:
+    source = str(tmp_path / "source.db")
+    await populate(source)
+    await populate(store_url)
+    dump = await export_bytes(source)
+    async with open_store(store_url) as log:
+        before = await log.head_position()
+        with pytest.raises(EventStoreError, match="already holds events"):
+            await restore(log, io.BytesIO(dump))
+        with pytest.raises(EventStoreError, match="already holds events"):
+            await import_log(log, io.BytesIO(dump))
+        assert await log.head_position() == before
+
+
+async def test_export_streams_only_up_to_the_head_it_started_with(tmp_path: Path) -> None:
+    source = str(tmp_path / "source.db")
+    await populate(source)
+    out = io.BytesIO()
+    progress: list[tuple[int, int]] = []
+    async with open_store(source) as log:
+        header = await export_log(log, out, progress=lambda done, total: progress.append((done, total)))
+    assert header.event_count == len(out.getvalue().splitlines()) - 1 == 15
+    assert progress[-1] == (15, 15)
+
+
+async def test_imported_log_accepts_new_appends_on_its_chain(tmp_path: Path) -> None:
+    source, target = str(tmp_path / "source.db"), str(tmp_path / "target.db")
+    await populate(source)
+    dump = await export_bytes(source)
+    async with open_store(target) as log:
+        await restore(log, io.BytesIO(dump))
+    async with signal_store(target, background=False, cleanup_interval=None) as store:
+        new_id = await store.save_signal("sec", "sec", "domain:new.io", "New", 0.7)
+        assert new_id == 16
+        assert (await store.log.verify()).ok
