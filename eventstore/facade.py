@@ -209,8 +209,8 @@ class SignalStore:
         canonical_key: str,
         company_name: str,
         confidence: float,
-        raw_data: Mapping[str, Any] | None,
-        detected_at: dt.datetime | None,
+        raw_data: Mapping[str, Any] | None = None,  # optional as in save_signal: save_signals passes dicts
+        detected_at: dt.datetime | None = None,
     ) -> SignalDetected:
         return SignalDetected(
             signal_type=signal_type,

@@ -663,3 +663,10 @@ async def test_the_reference_usage_examples_keep_working(tmp_path: Path, monkeyp
                 raise RuntimeError("gate crashed")
         assert await store.get_signal(new_id) is None
         assert await store.get_signals_for_company("domain:gamma.dev") == []
+
+
+async def test_save_signals_accepts_dicts_without_the_optional_fields(store: SignalStore, clock: FakeClock) -> None:
+    minimal = {k: v for k, v in signal_args().items() if k not in ("raw_data", "detected_at")}
+    (signal_id,) = await store.save_signals([minimal])
+    signal = await store.get_signal(signal_id)
+    assert signal is not None and (signal.raw_data, signal.detected_at) == ({}, clock.now)
