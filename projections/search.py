@@ -22,6 +22,11 @@ from projections.builtin import BUILTIN_PROJECTIONS
 __all__ = ("SearchProjection", "default_projections", "raw_text", "search_ids")
 
 
+# PostgreSQL's parser keeps "acme/rocket-engine" as one path token; split on anything
+# not a letter or digit, as FTS5's unicode61 tokenizer does, on both sides of a match.
+_WORDS = "regexp_replace({}, '[^[:alnum:]]+', ' ', 'g')"
+
+
 def raw_text(value: Any) -> str:
     """Every string and number inside a JSON value, space separated (keys left out)."""
     parts: list[str] = []
@@ -59,7 +64,7 @@ class SearchProjection(Projection):
                 company_name TEXT NOT NULL,
                 body TEXT NOT NULL,
                 document tsvector GENERATED ALWAYS AS
-                    (to_tsvector('simple', company_name || ' ' || body)) STORED
+                    (to_tsvector('simple', {_WORDS.format("company_name || ' ' || body")})) STORED
             )""",
             f"CREATE INDEX {t}_document ON {t} USING GIN (document)",
         )
@@ -96,8 +101,8 @@ async def search_ids(log: EventStore, table: str, text: str, limit: int = 20) ->
         rows = await log.query(sql, (_fts_query(text), int(limit)))
     else:
         sql = (
-            f"SELECT signal_id FROM {table} WHERE document @@ plainto_tsquery('simple', ?) "
-            f"ORDER BY ts_rank(document, plainto_tsquery('simple', ?)) DESC, signal_id LIMIT ?"
+            f"SELECT signal_id FROM {table} WHERE document @@ plainto_tsquery('simple', {_WORDS.format('?')}) "
+            f"ORDER BY ts_rank(document, plainto_tsquery('simple', {_WORDS.format('?')})) DESC, signal_id LIMIT ?"
         )
         rows = await log.query(sql, (text, text, int(limit)))
     return [int(row[0]) for row in rows]
