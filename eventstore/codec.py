@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import itertools
 import os
+import random
 import struct
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import msgspec
+import msgspec.inspect
 
 from eventstore.errors import InvalidEvent, SchemaVersionError
 from eventstore.events import SIGNAL_EVENT_TYPES, Event, SignalDetected
@@ -29,8 +32,11 @@ __all__ = (
     "Upcaster",
     "chain_hash",
     "from_micros",
+    "new_correlation_id",
     "new_event_id",
+    "new_event_id_bytes",
     "signal_event_id",
+    "signal_event_id_bytes",
     "to_micros",
 )
 
@@ -38,6 +44,7 @@ Upcaster = Callable[[dict[str, Any]], dict[str, Any]]
 GENESIS_HASH = bytes(32)
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _UTC = dt.UTC
+_timedelta = dt.timedelta
 _json_encode = msgspec.json.Encoder(order="deterministic").encode
 _meta_decode = msgspec.json.Decoder(dict[str, Any]).decode
 _any_decode = msgspec.json.Decoder(dict[str, Any]).decode
@@ -54,34 +61,90 @@ def from_micros(micros: int) -> dt.datetime:
 
 
 def new_event_id() -> uuid.UUID:
-    """A UUIDv7: 48 bits of Unix milliseconds, then random bits.
+    """A UUIDv7: 48 bits of Unix milliseconds, 12 bits of sub-millisecond time, then random bits.
 
     Time-ordered ids land at the right edge of the unique index, so appends
     dirty one index page instead of a random one (random ids halve batch
-    throughput on SQLite).
+    throughput on SQLite). The sub-millisecond bits (RFC 9562, method 3) keep
+    ids made within one millisecond in order too.
     """
-    millis = time.time_ns() // 1_000_000
-    rand = int.from_bytes(os.urandom(10), "big")
-    value = (millis & 0xFFFF_FFFF_FFFF) << 80 | 0x7 << 76 | (rand >> 64 & 0xFFF) << 64
-    value |= 0b10 << 62 | rand & 0x3FFF_FFFF_FFFF_FFFF
-    return uuid.UUID(int=value)
+    return _uuid_from_bytes(new_event_id_bytes())
+
+
+def new_event_id_bytes() -> bytes:
+    """:func:`new_event_id` as its 16 bytes (the hot path: no UUID object)."""
+    millis, sub = divmod(time.time_ns(), 1_000_000)
+    # random is reseeded after fork and needs no syscall; these bits only need to be unique, not secret.
+    value = (millis & _MASK48) << 80 | _V7 | (sub * 4096 // 1_000_000) << 64 | _VARIANT | _getrandbits(62)
+    return value.to_bytes(16, "big")
+
+
+def new_correlation_id() -> str:
+    """A unique correlation id in UUID text form, ~10x cheaper than ``str(uuid.uuid4())``.
+
+    A random UUIDv4-shaped prefix per process (fresh after fork) and a counter
+    in the last 48 bits: unique across processes like uuid4, without 16 bytes
+    of os.urandom and a UUID object per append.
+    """
+    return f"{_correlation_prefix}{next(_correlation_counter):012x}"
+
+
+def _fresh_correlation_prefix() -> None:
+    global _correlation_prefix, _correlation_counter
+    head = uuid.uuid4().hex
+    _correlation_prefix = f"{head[:8]}-{head[8:12]}-{head[12:16]}-{head[16:20]}-"
+    _correlation_counter = itertools.count()
+
+
+_correlation_prefix = ""
+_correlation_counter = itertools.count()
+_fresh_correlation_prefix()
+os.register_at_fork(after_in_child=_fresh_correlation_prefix)
 
 
 def signal_event_id(event: SignalDetected) -> uuid.UUID:
     """The deterministic id of a detection: same (key, type, source, detected_at) -> same id.
 
-    Time-ordered like a UUIDv7 (``detected_at`` milliseconds in the high bits),
-    with a SHA-256 of the dedup key in the rest; marked as a version-8 (custom) UUID.
+    Time-ordered like a UUIDv7 (``detected_at`` milliseconds in the high bits,
+    then its sub-millisecond microseconds), with a SHA-256 of the dedup key in
+    the rest; marked as a version-8 (custom) UUID.
     """
-    detected = event.detected_at.astimezone(_UTC)
-    key = "\x1f".join(
-        (event.canonical_key, event.signal_type, event.source_api, detected.isoformat(timespec="microseconds"))
-    )
-    digest = int.from_bytes(hashlib.sha256(key.encode()).digest()[:10], "big")
-    millis = max(0, to_micros(detected) // 1000) & 0xFFFF_FFFF_FFFF
-    value = millis << 80 | 0x8 << 76 | (digest >> 64 & 0xFFF) << 64
-    value |= 0b10 << 62 | digest & 0x3FFF_FFFF_FFFF_FFFF
-    return uuid.UUID(int=value)
+    return _uuid_from_bytes(signal_event_id_bytes(event))
+
+
+def signal_event_id_bytes(event: SignalDetected) -> bytes:
+    """:func:`signal_event_id` as its 16 bytes (the hot path: no UUID object)."""
+    detected = event.detected_at
+    if detected.tzinfo is not _UTC:
+        detected = detected.astimezone(_UTC)
+    when = detected.isoformat(timespec="microseconds")
+    key = f"{event.canonical_key}\x1f{event.signal_type}\x1f{event.source_api}\x1f{when}"
+    digest = int.from_bytes(hashlib.sha256(key.encode()).digest()[:9], "big")
+    millis, sub = divmod(max(0, to_micros(detected)), 1000)
+    # 10 bits of microseconds (< 1000) and 2 digest bits fill the 12 bits after the version.
+    value = (millis & _MASK48) << 80 | _V8 | (sub << 2 | digest >> 62 & 0x3) << 64 | _VARIANT
+    return (value | digest & _MASK62).to_bytes(16, "big")
+
+
+_MASK48 = 0xFFFF_FFFF_FFFF
+_MASK62 = 0x3FFF_FFFF_FFFF_FFFF
+_V7 = 0x7 << 76
+_V8 = 0x8 << 76
+_VARIANT = 0b10 << 62
+_getrandbits = random.getrandbits
+_new_object = object.__new__
+_set_attribute = object.__setattr__
+_SAFE_UNKNOWN = uuid.SafeUUID.unknown
+
+
+def _uuid_from_bytes(raw: bytes) -> uuid.UUID:
+    """``uuid.UUID(bytes=raw)`` without its argument checks: 0.6 µs instead of 1.5 per decoded event."""
+    if len(raw) != 16:
+        return uuid.UUID(bytes=raw)  # raises the usual ValueError
+    value = _new_object(uuid.UUID)
+    _set_attribute(value, "int", int.from_bytes(raw, "big"))
+    _set_attribute(value, "is_safe", _SAFE_UNKNOWN)
+    return value
 
 
 _HEADER = struct.Struct(">qqiqIIII")
@@ -119,6 +182,7 @@ class EventRegistry:
     ) -> None:
         self._types: dict[str, type[Event]] = {}
         self._decoders: dict[str, msgspec.json.Decoder[Any]] = {}
+        self._datetime_fields: dict[str, tuple[str, ...]] = {}
         self._upcasters: dict[tuple[str, int], Upcaster] = {}
         for event_type in (*SIGNAL_EVENT_TYPES, *types):
             self.register(event_type)
@@ -133,6 +197,7 @@ class EventRegistry:
             raise TypeError(f"{event_type.__name__} needs a string tag")
         self._types[name] = event_type
         self._decoders[name] = msgspec.json.Decoder(event_type)
+        self._datetime_fields[name] = _datetime_fields(event_type)
 
     def register_upcaster(self, type_name: str, from_version: int, upcaster: Upcaster) -> None:
         """Register ``upcaster`` turning ``type_name`` data of ``from_version`` into ``from_version + 1``."""
@@ -166,7 +231,7 @@ class EventRegistry:
             message, field = _validation_message(exc)
             where = f".{field}" if field else ""
             raise InvalidEvent(f"invalid {name}{where}: {message}", event_type=name, field=field) from exc
-        normalised = _to_utc(checked)
+        normalised = _to_utc(checked, self._datetime_fields[name])
         if normalised is not checked:
             data = _json_encode(normalised)
         return name, schema_version, data, normalised
@@ -194,19 +259,45 @@ class EventRegistry:
         return converted
 
     def record(self, row: Row) -> RecordedEvent:
-        position, event_id, stream, version, type_name, schema_version, recorded_at, metadata, data, hash_ = row
-        return RecordedEvent(
-            position=position,
-            event_id=uuid.UUID(bytes=bytes(event_id)),
-            stream=stream,
-            version=version,
-            type=type_name,
-            schema_version=schema_version,
-            recorded_at=from_micros(recorded_at),
-            metadata=_meta_decode(metadata),
-            data=self.decode(type_name, schema_version, bytes(data)),
-            hash=bytes(hash_),
-        )
+        return self.records([row])[0]
+
+    def records(self, rows: Sequence[Row]) -> list[RecordedEvent]:
+        """Decode a page of rows.
+
+        Events written by one append share their metadata bytes and
+        ``recorded_at``, so consecutive equal values are decoded once and the
+        events share one metadata dict (as the events handed to an inline hook
+        do): treat ``RecordedEvent.metadata`` as read-only.
+        """
+        decoders, types, decode = self._decoders, self._types, self.decode
+        last_meta, meta_obj, last_at, when = b"", None, None, _EPOCH
+        records: list[RecordedEvent] = []
+        append = records.append
+        for position, event_id, stream, version, type_name, schema_version, at, metadata, data, hash_ in rows:
+            if metadata != last_meta or meta_obj is None:
+                meta_obj, last_meta = _meta_decode(metadata), metadata
+            if at != last_at:
+                when, last_at = _EPOCH + _timedelta(microseconds=at), at
+            decoder = decoders.get(type_name)
+            if decoder is not None and schema_version == types[type_name].schema_version:
+                event = decoder.decode(data)
+            else:
+                event = decode(type_name, schema_version, bytes(data))
+            append(
+                RecordedEvent(
+                    position=position,
+                    event_id=_uuid_from_bytes(bytes(event_id)),
+                    stream=stream,
+                    version=version,
+                    type=type_name,
+                    schema_version=schema_version,
+                    recorded_at=when,
+                    metadata=meta_obj,
+                    data=event,
+                    hash=bytes(hash_),
+                )
+            )
+        return records
 
 
 def encode_metadata(metadata: Mapping[str, Any]) -> bytes:
@@ -220,9 +311,21 @@ def decode_metadata(data: bytes) -> dict[str, Any]:
     return _meta_decode(data)
 
 
-def _to_utc(event: Event) -> Event:
+def _datetime_fields(event_type: type[Event]) -> tuple[str, ...]:
+    """The fields of ``event_type`` that can hold a datetime (looked at by :func:`_to_utc`)."""
+    info = msgspec.inspect.type_info(event_type)
+    assert isinstance(info, msgspec.inspect.StructType)
+    names = []
+    for field in info.fields:
+        members = field.type.types if isinstance(field.type, msgspec.inspect.UnionType) else (field.type,)
+        if any(isinstance(member, msgspec.inspect.DateTimeType) for member in members):
+            names.append(field.name)
+    return tuple(names)
+
+
+def _to_utc(event: Event, fields: tuple[str, ...]) -> Event:
     changes: dict[str, Any] = {}
-    for name in event.__struct_fields__:
+    for name in fields:
         value = getattr(event, name)
         if isinstance(value, dt.datetime) and value.tzinfo is not _UTC:
             try:

@@ -25,8 +25,9 @@ from eventstore.codec import (
     Upcaster,
     chain_hash,
     encode_metadata,
-    new_event_id,
-    signal_event_id,
+    new_correlation_id,
+    new_event_id_bytes,
+    signal_event_id_bytes,
     to_micros,
 )
 from eventstore.errors import InvalidEvent, NotFound, StoreClosed
@@ -167,18 +168,18 @@ class EventStore:
         for index, event in enumerate(events):
             name, schema_version, data, event = self.registry.encode(event)
             if ids is not None:
-                event_id, explicit = _as_uuid(ids[index]), True
+                event_id, explicit = _as_uuid(ids[index]).bytes, True
             elif isinstance(event, SignalDetected):
-                event_id, explicit = signal_event_id(event), True
+                event_id, explicit = signal_event_id_bytes(event), True
             else:
-                event_id, explicit = new_event_id(), False
-            prepared.append(
-                PreparedEvent(event_id.bytes, name, schema_version, meta_bytes, data, event, meta, explicit)
-            )
+                event_id, explicit = new_event_id_bytes(), False
+            prepared.append(PreparedEvent(event_id, name, schema_version, meta_bytes, data, event, meta, explicit))
         return PreparedAppend(stream, expected, prepared)
 
     def _metadata(self, given: Mapping[str, Any] | None) -> dict[str, Any]:
-        meta: dict[str, Any] = {"actor": self.actor, "correlation_id": str(uuid.uuid4()), "causation_id": None}
+        meta: dict[str, Any] = {"actor": self.actor, "correlation_id": new_correlation_id(), "causation_id": None}
+        if not given and type(self.actor) is str and self.actor:
+            return meta
         if given:
             meta.update(given)
         for key in ("actor", "correlation_id", "causation_id"):

@@ -211,38 +211,32 @@ def build_rows(
     head: tuple[int, bytes, int],
     current_version: int,
     now_us: int,
+    *,
+    with_records: bool = True,
 ) -> tuple[list[Row], list[RecordedEvent], tuple[int, bytes, int]]:
     """Positions, versions, timestamps and hashes for a checked append.
 
     ``head`` is (position, hash, recorded_at) of the last event in the log.
     ``recorded_at`` never goes below the previous event's, so that it orders
-    like position and an as-of query is a prefix of the log.
+    like position and an as-of query is a prefix of the log. The
+    RecordedEvents (for an inline hook) are only built ``with_records``.
     """
     position, previous, last_recorded = head
     recorded_at = max(now_us, last_recorded)
-    when = from_micros(recorded_at)
+    stream = request.stream
     rows: list[Row] = []
-    recorded: list[RecordedEvent] = []
     version = current_version
     for event in request.events:
         position += 1
         version += 1
-        row: Row = (
-            position,
-            event.event_id,
-            request.stream,
-            version,
-            event.type,
-            event.schema_version,
-            recorded_at,
-            event.metadata,
-            event.data,
-            b"",
-        )
-        previous = chain_hash(previous, row)
-        row = (*row[:9], previous)
-        rows.append(row)
-        recorded.append(_recorded(row, event, when))
+        event_id, type_, schema_version, metadata, data = event[:5]
+        unhashed: Row = (position, event_id, stream, version, type_, schema_version, recorded_at, metadata, data, b"")
+        previous = chain_hash(previous, unhashed)
+        rows.append((position, event_id, stream, version, type_, schema_version, recorded_at, metadata, data, previous))
+    recorded: list[RecordedEvent] = []
+    if with_records:
+        when = from_micros(recorded_at)
+        recorded = [_recorded(row, event, when) for row, event in zip(rows, request.events, strict=True)]
     return rows, recorded, (position, previous, recorded_at)
 
 

@@ -59,8 +59,13 @@ Clock = Callable[[], int]
 
 _COLUMNS = "position, event_id, stream, version, type, schema_version, recorded_at, metadata, data, hash"
 _INSERT = f"INSERT INTO events ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-_HEAD = "SELECT position, hash, recorded_at FROM events ORDER BY position DESC LIMIT 1"
 _STREAM_VERSION = "SELECT max(version) FROM events WHERE stream = ?"
+# The head, the first stream's version and whether a lone event's id is known, in one
+# statement: each statement is ~4 µs of a ~40 µs single-event transaction. No row = empty log.
+_PROBE = (
+    "SELECT position, hash, recorded_at, (SELECT max(version) FROM events WHERE stream = ?), "
+    "(SELECT position FROM events WHERE event_id = ?) FROM events ORDER BY position DESC LIMIT 1"
+)
 _SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
 _ID_CHUNK = 500
 
@@ -307,12 +312,14 @@ class SqliteBackend(Backend):
     def _append_item(
         self, conn: sqlite3.Connection, requests: Sequence[PreparedAppend], clock: Clock
     ) -> list[AppendResult]:
-        head: tuple[int, bytes, int] = conn.execute(_HEAD).fetchone() or (0, GENESIS_HASH, 0)
+        head, current, id_known = self._probe(conn, requests)
         results: list[AppendResult] = []
         recorded = []
-        for request in requests:
-            current = conn.execute(_STREAM_VERSION, (request.stream,)).fetchone()[0] or 0
-            if any(event.known_id_possible for event in request.events):
+        for index, request in enumerate(requests):
+            if index:
+                current = conn.execute(_STREAM_VERSION, (request.stream,)).fetchone()[0] or 0
+                id_known = any(event.known_id_possible for event in request.events)
+            if id_known:
                 existing = _find_ids(conn, [e.event_id for e in request.events])
                 known = resolve_known_ids(request, existing, current)
                 if known is not None:
@@ -322,13 +329,32 @@ class SqliteBackend(Backend):
             if not request.events:
                 results.append(AppendResult(positions=[], version=current, written=False))
                 continue
-            rows, new, head = build_rows(request, head, current, clock())
-            conn.executemany(_INSERT, rows)
+            rows, new, head = build_rows(request, head, current, clock(), with_records=self._hook is not None)
+            if len(rows) == 1:
+                conn.execute(_INSERT, rows[0])  # executemany costs ~2 µs more for one row
+            else:
+                conn.executemany(_INSERT, rows)
             results.append(AppendResult(positions=[row[0] for row in rows], version=rows[-1][3]))
             recorded.extend(new)
         if recorded and self._hook is not None:
             _run_batches(conn, self._hook(recorded))
         return results
+
+    @staticmethod
+    def _probe(
+        conn: sqlite3.Connection, requests: Sequence[PreparedAppend]
+    ) -> tuple[tuple[int, bytes, int], int, bool]:
+        """(head, version of the first request's stream, whether its ids may be known) in one query."""
+        if not requests:
+            return (0, GENESIS_HASH, 0), 0, False
+        first = requests[0]
+        lone = first.events[0] if len(first.events) == 1 else None
+        probe_id = lone.event_id if lone is not None and lone.known_id_possible else None
+        row = conn.execute(_PROBE, (first.stream, probe_id)).fetchone()
+        if row is None:  # an empty log: no stream and no id can exist yet
+            return (0, GENESIS_HASH, 0), 0, False
+        known = row[4] is not None if lone is not None else any(e.known_id_possible for e in first.events)
+        return (row[0], row[1], row[2]), row[3] or 0, known
 
     # -- units of work ---------------------------------------------------
 
