@@ -22,12 +22,13 @@ Why the shape (measured on the 2-core target machine, see README "Performance"):
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import contextvars
 import logging
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, TypeVar
 
 import aiosqlite
@@ -111,11 +112,14 @@ class SqliteBackend(Backend):
         self._inline_writes = self.synchronous in ("OFF", "NORMAL")
         self._writer: aiosqlite.Connection | None = None
         self._reader: aiosqlite.Connection | None = None
-        self._lock = anyio.Lock(fast_acquire=True)
+        # asyncio primitives, not anyio's: aiosqlite ties this backend to asyncio anyway, and
+        # on the single-append path anyio.Lock costs ~6 µs per acquire+release against ~1 µs.
+        self._lock = asyncio.Lock()
         self._queue: list[_Pending] = []
         self._hook: InlineHook | None = None
         self._in_tx: contextvars.ContextVar[int] = contextvars.ContextVar(f"sqlite_tx_{id(self)}", default=0)
-        self._appended = anyio.Event()
+        # Created by the first waiter, set and dropped by the next commit: no Event per commit.
+        self._appended: anyio.Event | None = None
 
     # -- lifecycle -------------------------------------------------------
 
@@ -162,7 +166,7 @@ class SqliteBackend(Backend):
                 if conn is not None:
                     with anyio.CancelScope(shield=True):
                         await conn.close()
-        self._appended.set()
+        self._notify()
 
     def set_inline_hook(self, hook: InlineHook | None) -> None:
         self._hook = hook
@@ -268,7 +272,7 @@ class SqliteBackend(Backend):
         self._queue.append(item)
         try:
             # Group commit: give every other ready appender one turn to join this transaction.
-            await anyio.lowlevel.checkpoint()
+            await asyncio.sleep(0)  # what anyio.lowlevel.checkpoint() does on asyncio, minus its lookups
             async with self._lock:
                 if not item.done:
                     group, self._queue = self._queue, []
@@ -290,8 +294,9 @@ class SqliteBackend(Backend):
         return item.result
 
     def _notify(self) -> None:
-        self._appended.set()
-        self._appended = anyio.Event()
+        appended, self._appended = self._appended, None
+        if appended is not None:
+            appended.set()
 
     def _append_group(
         self, conn: sqlite3.Connection, group: list[_Pending], clock: Clock
@@ -465,6 +470,8 @@ class SqliteBackend(Backend):
         # In-process appends wake us at once; other processes' appends are seen
         # by the caller's next read after the timeout (polling is the correctness path).
         with anyio.move_on_after(timeout):
+            if self._appended is None:
+                self._appended = anyio.Event()
             await self._appended.wait()
 
     # -- schema and maintenance -----------------------------------------
@@ -571,19 +578,29 @@ def _commit(conn: sqlite3.Connection, wait: bool) -> None:
     conn.execute("COMMIT")
 
 
-@contextlib.contextmanager
-def _translated(path: str) -> Iterator[None]:
-    """The one boundary where sqlite3 errors become EventStoreErrors."""
-    try:
-        yield
-    except sqlite3.IntegrityError as exc:
-        raise _translate(exc, path) from exc
-    except sqlite3.Error as exc:
-        raise DatabaseError(f"SQLite error on {path}: {exc}") from exc
-    except ValueError as exc:
-        if "closed" in str(exc).lower() or "no active connection" in str(exc):
+class _translated:
+    """The one boundary where sqlite3 errors become EventStoreErrors.
+
+    A class, not @contextmanager: entered on every inline call, where the
+    generator version costs ~1.5 µs.
+    """
+
+    __slots__ = ("path",)
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
+        path = self.path
+        if isinstance(exc, sqlite3.IntegrityError):
+            raise _translate(exc, path) from exc
+        if isinstance(exc, sqlite3.Error):
+            raise DatabaseError(f"SQLite error on {path}: {exc}") from exc
+        if isinstance(exc, ValueError) and ("closed" in str(exc).lower() or "no active connection" in str(exc)):
             raise StoreClosed(f"the store on {path} is closed") from exc
-        raise
 
 
 def _rollback(conn: sqlite3.Connection) -> None:
