@@ -35,19 +35,14 @@ import contextvars
 import logging
 import time
 import zlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
 import anyio
 import asyncpg  # the only module that imports the driver
 
-from eventstore.backends.base import (
-    Backend,
-    PreparedAppend,
-    build_rows,
-    check_expected_version,
-    resolve_known_ids,
-)
+from eventstore.backends.base import Backend, PreparedAppend
+from eventstore.backends.pgplan import LogState, may_repeat
 from eventstore.backends.pgtext import numbered, parse_url, quote_ident
 from eventstore.codec import GENESIS_HASH
 from eventstore.errors import (
@@ -65,13 +60,15 @@ __all__ = ("PostgresBackend", "app_role_sql")
 log = logging.getLogger("eventstore")
 T = TypeVar("T")
 Clock = Callable[[], int]
+_Outcome = list[AppendResult] | BaseException  # one caller's share of a group commit
 
 _COLUMNS = "position, event_id, stream, version, type, schema_version, recorded_at, metadata, data, hash"
 _SELECT = f"SELECT {_COLUMNS} FROM events"
-# One round trip per request: the head of the log, the stream's version, and
-# whether any of the given ids is already recorded.
+# One round trip per group: the head of the log, each stream's version (in the
+# order given; one index probe each), and whether any of the given ids exists.
 _STATE = """SELECT h.position, h.hash, h.recorded_at,
-       (SELECT max(version) FROM events WHERE stream = $1),
+       (SELECT array_agg(coalesce((SELECT max(version) FROM events WHERE stream = u.stream), 0) ORDER BY u.i)
+          FROM unnest($1::text[]) WITH ORDINALITY AS u(stream, i)),
        EXISTS (SELECT 1 FROM events WHERE event_id = ANY($2::bytea[]))
 FROM (SELECT 1) AS one
 LEFT JOIN LATERAL (SELECT position, hash, recorded_at FROM events ORDER BY position DESC LIMIT 1) AS h ON true"""
@@ -113,7 +110,7 @@ class _Pending:
 
     def __init__(self, requests: Sequence[PreparedAppend]) -> None:
         self.requests = requests
-        self.result: list[AppendResult] | BaseException | None = None
+        self.result: _Outcome | None = None
         self.done = False
 
 
@@ -141,13 +138,23 @@ class PostgresBackend(Backend):
         min_connections: int = 1,
         max_connections: int = 10,
         connect_timeout: float = 10.0,
+        server_settings: Mapping[str, str] | None = None,
     ) -> None:
         self._target = parse_url(url, schema)
         self.schema = self._target.schema
         self.display_name = self._target.display_name
         self._pool_size = (min_connections, max_connections)
         self._connect_timeout = connect_timeout
-        self._settings = {"search_path": quote_ident(self.schema)}
+        # plan_cache_mode: asyncpg keeps every statement prepared, and after five
+        # runs PostgreSQL may switch to a generic plan that it keeps until the
+        # next ANALYZE. A generic plan made while the events table was nearly
+        # empty (a sequential scan) made appends ~10x slower at 50k events
+        # (measured). Planning our small statements each time costs far less.
+        self._settings = {
+            "plan_cache_mode": "force_custom_plan",
+            **(server_settings or {}),
+            "search_path": quote_ident(self.schema),
+        }
         self._channel = f"{self.schema}_events"[:63]
         schema_key = zlib.crc32(self.schema.encode()) - 2**31  # a signed int4
         self._append_lock = f"SELECT pg_advisory_xact_lock({_APPEND_LOCK}, {schema_key})"
@@ -214,12 +221,21 @@ class PostgresBackend(Backend):
             yield
         except EventStoreError:
             raise
-        except asyncpg.IntegrityConstraintViolationError as exc:
-            raise self._own_error(exc) from _cause(exc, self._target.password)
-        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
+        except asyncpg.PostgresError as exc:
+            raise self._driver_error(exc) from _cause(exc, self._target.password)
+        except (asyncpg.InterfaceError, OSError, TimeoutError) as exc:
             if isinstance(exc, asyncpg.InterfaceError) and "closed" in str(exc).lower():
                 raise StoreClosed(f"the store on {self.display_name} is closed") from exc
             raise self._error(DatabaseError, doing, exc) from _cause(exc, self._target.password)
+
+    def _driver_error(self, exc: BaseException) -> EventStoreError:
+        # Only a repeated event id is a duplicate; read models' own constraints are
+        # not (they must not look like an idempotency hit).
+        if isinstance(exc, asyncpg.UniqueViolationError) and exc.constraint_name == "events_event_id_key":
+            return self._error(DuplicateEventError, "event id already recorded in", exc)
+        if isinstance(exc, asyncpg.IntegrityConstraintViolationError):
+            return self._error(DatabaseError, "constraint failed in", exc)
+        return self._error(DatabaseError, "error on", exc)
 
     def _error(self, kind: type[EventStoreError], doing: str, exc: BaseException) -> EventStoreError:
         text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
@@ -285,30 +301,40 @@ class PostgresBackend(Backend):
     async def append(self, requests: Sequence[PreparedAppend], clock: Clock) -> list[AppendResult]:
         uow = self._uow.get()
         if uow is not None:
-            results = await self._write(lambda conn: self._append_item(conn, requests, clock), lock=self._append_lock)
+            outcomes = await self._write(
+                lambda conn: self._write_items(conn, [requests], clock), lock=self._append_lock
+            )
             uow.appended = True
-            return results
+            return _result(outcomes[0])
         item = _Pending(requests)
         self._queue.append(item)
-        # Group commit: give every other ready appender one turn to join this transaction.
-        await anyio.lowlevel.checkpoint()
-        async with self._lock:
-            if not item.done:
-                group, self._queue = self._queue, []
-                with anyio.CancelScope(shield=True):  # the group's callers all wait on this outcome
-                    try:
-                        outcomes = await self._append_group(group, clock)
-                    except BaseException as exc:  # the whole group failed (e.g. connection lost)
-                        outcomes = [exc] * len(group)
-                for pending, outcome in zip(group, outcomes, strict=True):
-                    pending.result, pending.done = outcome, True
-                self._notify()
-        if isinstance(item.result, BaseException):
-            raise item.result
+        try:
+            # Group commit: give every other ready appender one turn to join this transaction.
+            await anyio.lowlevel.checkpoint()
+            async with self._lock:
+                if not item.done:
+                    await self._lead(clock)
+        except BaseException:
+            # Cancelled while queued: withdraw, or a later group would write it behind the caller's back.
+            if item in self._queue:
+                self._queue.remove(item)
+            raise
         assert item.result is not None
-        return item.result
+        return _result(item.result)
 
-    async def _append_group(self, group: list[_Pending], clock: Clock) -> list[list[AppendResult] | BaseException]:
+    async def _lead(self, clock: Clock) -> None:
+        """Commit everything queued, as one group; every caller in it gets its own outcome."""
+        group, self._queue = self._queue, []
+        with anyio.CancelScope(shield=True):  # the group's callers all wait on this outcome
+            try:
+                results = await self._append_group(group, clock)
+            except BaseException as exc:  # the whole group failed (e.g. connection lost)
+                results = [exc] * len(group)
+        for pending, outcome in zip(group, results, strict=True):
+            pending.result, pending.done = outcome, True
+        self._notify()
+
+    async def _append_group(self, group: list[_Pending], clock: Clock) -> list[_Outcome]:
         # WHY A LOCK, AND NOT A SEQUENCE. Readers follow the log by position:
         # "give me everything after the last position I saw". With a sequence,
         # writer A takes position 10, writer B takes 11, B commits first; a
@@ -332,65 +358,60 @@ class PostgresBackend(Backend):
         # price: the guarantee holds for writers that go through this code;
         # the application role may only INSERT through the store (see
         # app_role_sql), never with hand-written SQL.
+        items = [pending.requests for pending in group]
         async with self._pooled() as conn:
-            await conn.execute(f"{_BEGIN}; {self._append_lock}")
             try:
-                outcomes = await self._append_items(conn, group, clock)
-                await conn.execute("COMMIT")
-            except BaseException:
-                await self._undo(conn, "ROLLBACK")
-                raise
-        return outcomes
+                return await self._append_transaction(conn, lambda: self._write_items(conn, items, clock))
+            except asyncpg.PostgresError:
+                if len(items) == 1:
+                    raise
+            # The database refused something (a read model's constraint, say):
+            # redo the group with one savepoint per caller to fail only its owner.
+            return await self._append_transaction(conn, lambda: self._write_each(conn, items, clock))
 
-    async def _append_items(
-        self, conn: Any, group: list[_Pending], clock: Clock
-    ) -> list[list[AppendResult] | BaseException]:
-        if len(group) == 1:
-            return [await self._append_item(conn, group[0].requests, clock)]
-        outcomes: list[list[AppendResult] | BaseException] = []
-        for index, pending in enumerate(group):
+    async def _append_transaction(self, conn: Any, work: Callable[[], Awaitable[T]]) -> T:
+        await conn.execute(f"{_BEGIN}; {self._append_lock}")
+        try:
+            result = await work()
+            await conn.execute("COMMIT")
+        except BaseException:
+            await self._undo(conn, "ROLLBACK")
+            raise
+        return result
+
+    async def _write_each(self, conn: Any, items: list[Sequence[PreparedAppend]], clock: Clock) -> list[_Outcome]:
+        outcomes: list[_Outcome] = []
+        for index, requests in enumerate(items):
             await conn.execute("RELEASE es_item; SAVEPOINT es_item" if index else "SAVEPOINT es_item")
             try:
-                outcomes.append(await self._append_item(conn, pending.requests, clock))
-            except (EventStoreError, asyncpg.IntegrityConstraintViolationError) as exc:
+                outcomes += await self._write_items(conn, [requests], clock)
+            except asyncpg.PostgresError as exc:
                 await conn.execute("ROLLBACK TO es_item")
-                outcomes.append(self._own_error(exc))
+                outcomes.append(self._driver_error(exc))
         return outcomes
 
-    def _own_error(self, exc: BaseException) -> BaseException:
-        # Only a repeated event id is a duplicate; read models' own constraints are
-        # not (they must not look like an idempotency hit).
-        if isinstance(exc, asyncpg.UniqueViolationError) and exc.constraint_name == "events_event_id_key":
-            return self._error(DuplicateEventError, "event id already recorded in", exc)
-        if isinstance(exc, asyncpg.IntegrityConstraintViolationError):
-            return self._error(DatabaseError, "constraint failed in", exc)
-        return exc
-
-    async def _append_item(self, conn: Any, requests: Sequence[PreparedAppend], clock: Clock) -> list[AppendResult]:
-        results: list[AppendResult] = []
+    async def _write_items(self, conn: Any, items: list[Sequence[PreparedAppend]], clock: Clock) -> list[_Outcome]:
+        """Check, number and insert every caller's requests; a failed check fails only its caller."""
+        state = await _read_state(conn, items)
+        outcomes: list[_Outcome] = []
+        rows: list[Row] = []
         recorded = []
-        for request in requests:
-            maybe_known = [e.event_id for e in request.events] if _may_repeat(request) else []
-            position, hash_, recorded_at, version, known = await conn.fetchrow(_STATE, request.stream, maybe_known)
-            current = version or 0
-            if known:
-                existing = await _find_ids(conn, maybe_known)
-                result = resolve_known_ids(request, existing, current)
-                if result is not None:
-                    results.append(result)
-                    continue
-            check_expected_version(request.stream, request.expected_version, current)
-            if not request.events:
-                results.append(AppendResult(positions=[], version=current, written=False))
+        for requests in items:
+            try:
+                results, item_rows, item_recorded = state.plan(requests, clock)
+            except EventStoreError as exc:
+                outcomes.append(exc)
                 continue
-            head = (position, hash_, recorded_at) if position is not None else (0, GENESIS_HASH, 0)
-            rows, new, _ = build_rows(request, head, current, clock())
+            outcomes.append(results)
+            rows += item_rows
+            recorded.append(item_recorded)
+        if rows:
             await conn.execute(_INSERT, *zip(*rows, strict=True), self._channel, str(rows[-1][0]))
-            results.append(AppendResult(positions=[row[0] for row in rows], version=rows[-1][3]))
-            recorded.extend(new)
-        if recorded and self._hook is not None:
-            await _run_batches(conn, self._hook(recorded))
-        return results
+        if self._hook is not None:
+            for events in recorded:
+                if events:
+                    await _run_batches(conn, self._hook(events))
+        return outcomes
 
     def _notify(self) -> None:
         self._appended.set()
@@ -405,8 +426,13 @@ class PostgresBackend(Backend):
             async with self._savepoint(uow):
                 yield
             return
-        async with self._pooled() as conn:
-            await conn.execute(_BEGIN)
+        # A unit of work is a writer from its first statement, as on SQLite: it
+        # waits for this process's appenders, then for the append lock, before
+        # it reads anything. Taking the lock first in every writer is also what
+        # keeps a unit of work that writes read rows and then appends from
+        # deadlocking against another process's append updating those rows.
+        async with self._lock, self._pooled() as conn:
+            await conn.execute(f"{_BEGIN}; {self._append_lock}")
             uow = _UnitOfWork(conn)
             token = self._uow.set(uow)
             try:
@@ -634,8 +660,19 @@ def _cause(exc: BaseException, password: str | None) -> BaseException | None:
     return exc
 
 
-def _may_repeat(request: PreparedAppend) -> bool:
-    return any(event.known_id_possible for event in request.events)
+async def _read_state(conn: Any, items: list[Sequence[PreparedAppend]]) -> LogState:
+    streams = list(dict.fromkeys(request.stream for requests in items for request in requests))
+    ids = [e.event_id for requests in items for request in requests if may_repeat(request) for e in request.events]
+    position, hash_, recorded_at, versions, any_known = await conn.fetchrow(_STATE, streams, ids)
+    known = {bytes(row[1]): row for row in await _find_ids(conn, ids)} if any_known else {}
+    head = (position, hash_, recorded_at) if position is not None else (0, GENESIS_HASH, 0)
+    return LogState(head, dict(zip(streams, versions or (), strict=True)), known)
+
+
+def _result(outcome: _Outcome) -> list[AppendResult]:
+    if isinstance(outcome, BaseException):
+        raise outcome
+    return outcome
 
 
 async def _find_ids(conn: Any, event_ids: list[bytes]) -> list[Row]:
