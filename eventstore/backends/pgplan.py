@@ -32,9 +32,9 @@ class LogState:
         self.known = known
 
     def plan(
-        self, requests: Sequence[PreparedAppend], now: Callable[[], int]
+        self, requests: Sequence[PreparedAppend], now: Callable[[], int], *, with_records: bool = True
     ) -> tuple[list[AppendResult], list[Row], list[RecordedEvent]]:
-        """Results, rows and recorded events for one caller's requests (all or nothing).
+        """Results, rows and (``with_records``) recorded events for one caller's requests, all or nothing.
 
         Raises WrongExpectedVersion or DuplicateEventError leaving the state
         unchanged, exactly as if the caller's transaction had rolled back.
@@ -55,7 +55,7 @@ class LogState:
             if not request.events:
                 results.append(AppendResult(positions=[], version=current, written=False))
                 continue
-            new_rows, new_recorded, head = build_rows(request, head, current, now())
+            new_rows, new_recorded, head = build_rows(request, head, current, now(), with_records=with_records)
             versions[request.stream] = new_rows[-1][3]
             added.update((row[1], row) for row in new_rows)
             rows += new_rows

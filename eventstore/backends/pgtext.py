@@ -1,4 +1,4 @@
-"""Pure text helpers for the PostgreSQL backend: connection URLs and placeholders.
+"""Pure helpers for the PostgreSQL backend: URLs, placeholders, parameter types, role SQL.
 
 Kept apart from :mod:`eventstore.backends.postgres` so they can be tested and
 reused without the driver (asyncpg is imported only by that module).
@@ -8,12 +8,25 @@ from __future__ import annotations
 
 import functools
 import re
-from typing import NamedTuple
+from typing import Any, NamedTuple
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
-__all__ = ("DEFAULT_SCHEMA", "Target", "numbered", "parse_url", "quote_ident")
+__all__ = (
+    "DEFAULT_SCHEMA",
+    "Target",
+    "app_role_sql",
+    "coerce",
+    "number",
+    "numbered",
+    "parse_url",
+    "quote_ident",
+    "rowcount",
+)
 
 DEFAULT_SCHEMA = "eventstore"
+_INTEGER_TYPES = frozenset({"int2", "int4", "int8"})
+_FLOAT_TYPES = frozenset({"float4", "float8", "numeric"})
+_TEXT_TYPES = frozenset({"text", "varchar", "bpchar", "name"})
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 # Everything a ``?`` may hide in: string literals, quoted identifiers,
 # comments and dollar-quoted bodies. Matched first so their ``?`` survive.
@@ -81,3 +94,52 @@ def numbered(sql: str) -> str:
         return f"${count}"
 
     return _TOKENS.sub(replace, sql)
+
+
+def app_role_sql(schema: str, role: str) -> str:
+    """The SQL an operator runs, as the schema owner, to let ``role`` use the store.
+
+    ``role`` may append and read events, but not UPDATE, DELETE or TRUNCATE them,
+    nor drop the trigger (only the owner can). It may create and change the
+    projections' tables. Run ``eventstore init`` (the log migrations) as the owner
+    first; create the role beforehand (``CREATE ROLE app LOGIN PASSWORD ...``).
+    """
+    s, r = quote_ident(schema), quote_ident(role)
+    return "\n".join(
+        (
+            f"GRANT USAGE, CREATE ON SCHEMA {s} TO {r};",
+            f"GRANT SELECT, INSERT ON {s}.events TO {r};",
+            f"REVOKE UPDATE, DELETE, TRUNCATE ON {s}.events FROM {r};",
+            f"GRANT SELECT, INSERT ON {s}.schema_migrations TO {r};",
+        )
+    )
+
+
+def coerce(value: Any, type_name: str) -> Any:
+    """``value`` converted to fit a parameter PostgreSQL inferred as ``type_name`` (if it can be, losslessly)."""
+    if value is None:
+        return None
+    if type_name in _TEXT_TYPES and not isinstance(value, str):
+        return str(int(value) if isinstance(value, bool) else value)
+    if type_name in _INTEGER_TYPES and (
+        isinstance(value, bool | str) or (isinstance(value, float) and value.is_integer())
+    ):
+        return int(value)
+    if type_name in _FLOAT_TYPES and isinstance(value, int | str):
+        return float(value)
+    if type_name == "bool" and isinstance(value, int):
+        return bool(value)
+    return value
+
+
+def rowcount(status: str | None) -> int:
+    tail = (status or "").rpartition(" ")[2]
+    return int(tail) if tail.isdigit() else -1
+
+
+def number(text: str) -> int | float:
+    """Decode ``numeric`` as SQLite would give it: int when integral, else float."""
+    try:
+        return int(text)
+    except ValueError:
+        return float(text)

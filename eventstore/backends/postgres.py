@@ -43,7 +43,7 @@ import asyncpg  # the only module that imports the driver
 
 from eventstore.backends.base import Backend, PreparedAppend
 from eventstore.backends.pgplan import LogState, may_repeat
-from eventstore.backends.pgtext import numbered, parse_url, quote_ident
+from eventstore.backends.pgtext import app_role_sql, coerce, number, numbered, parse_url, quote_ident, rowcount
 from eventstore.codec import GENESIS_HASH
 from eventstore.errors import (
     DatabaseError,
@@ -55,7 +55,7 @@ from eventstore.errors import (
 from eventstore.migrations import MigrationSet
 from eventstore.model import AppendResult, GuardedBatch, InlineHook, Row, Statement
 
-__all__ = ("PostgresBackend", "app_role_sql")
+__all__ = ("PostgresBackend", "app_role_sql")  # app_role_sql lives in pgtext; re-exported here
 
 log = logging.getLogger("eventstore")
 T = TypeVar("T")
@@ -81,28 +81,6 @@ _BEGIN = "BEGIN ISOLATION LEVEL READ COMMITTED"
 # Lock classes for the two-key advisory locks; the second key is the schema's CRC.
 _APPEND_LOCK = 0x45_53_41_50  # "ESAP"
 _MIGRATE_LOCK = 0x45_53_4D_47  # "ESMG"
-_INTEGER_TYPES = frozenset({"int2", "int4", "int8"})
-_FLOAT_TYPES = frozenset({"float4", "float8", "numeric"})
-_TEXT_TYPES = frozenset({"text", "varchar", "bpchar", "name"})
-
-
-def app_role_sql(schema: str, role: str) -> str:
-    """The SQL an operator runs, as the schema owner, to let ``role`` use the store.
-
-    ``role`` may append and read events, but not UPDATE, DELETE or TRUNCATE them,
-    nor drop the trigger (only the owner can). It may create and change the
-    projections' tables. Run ``eventstore init`` (the log migrations) as the owner
-    first; create the role beforehand (``CREATE ROLE app LOGIN PASSWORD ...``).
-    """
-    s, r = quote_ident(schema), quote_ident(role)
-    return "\n".join(
-        (
-            f"GRANT USAGE, CREATE ON SCHEMA {s} TO {r};",
-            f"GRANT SELECT, INSERT ON {s}.events TO {r};",
-            f"REVOKE UPDATE, DELETE, TRUNCATE ON {s}.events FROM {r};",
-            f"GRANT SELECT, INSERT ON {s}.schema_migrations TO {r};",
-        )
-    )
 
 
 class _Pending:
@@ -398,7 +376,7 @@ class PostgresBackend(Backend):
         recorded = []
         for requests in items:
             try:
-                results, item_rows, item_recorded = state.plan(requests, clock)
+                results, item_rows, item_recorded = state.plan(requests, clock, with_records=self._hook is not None)
             except EventStoreError as exc:
                 outcomes.append(exc)
                 continue
@@ -635,18 +613,11 @@ class PostgresBackend(Backend):
 
 async def _init_connection(conn: Any) -> None:
     # SQLite hands back ints and floats for sums and averages; so do we (not Decimal).
-    await conn.set_type_codec("numeric", encoder=str, decoder=_number, schema="pg_catalog", format="text")
+    await conn.set_type_codec("numeric", encoder=str, decoder=number, schema="pg_catalog", format="text")
 
 
 async def _no_reset(conn: Any) -> None:
     """Pool reset hook: asyncpg still rolls back an open transaction; we keep no other session state."""
-
-
-def _number(text: str) -> int | float:
-    try:
-        return int(text)
-    except ValueError:
-        return float(text)
 
 
 def _tuples(records: list[Any]) -> list[Row]:
@@ -682,7 +653,7 @@ async def _find_ids(conn: Any, event_ids: list[bytes]) -> list[Row]:
 async def _run_batches(conn: Any, batches: Sequence[GuardedBatch]) -> list[bool]:
     held: list[bool] = []
     for guard, statements, on_skip in batches:
-        if guard is not None and _rowcount(await _portable(conn, "execute", guard.sql, guard.params)) != 1:
+        if guard is not None and rowcount(await _portable(conn, "execute", guard.sql, guard.params)) != 1:
             held.append(False)
             if on_skip is not None:
                 on_skip()
@@ -728,25 +699,4 @@ async def _portable(conn: Any, method: str, sql: str, params: Sequence[Any]) -> 
 
 
 def _coerced(params: Sequence[Any], types: Sequence[str]) -> list[Any]:
-    return [_coerce(value, name) for value, name in zip(params, types, strict=True)]
-
-
-def _coerce(value: Any, type_name: str) -> Any:
-    if value is None:
-        return None
-    if type_name in _TEXT_TYPES and not isinstance(value, str):
-        return str(int(value) if isinstance(value, bool) else value)
-    if type_name in _INTEGER_TYPES and (
-        isinstance(value, bool | str) or (isinstance(value, float) and value.is_integer())
-    ):
-        return int(value)
-    if type_name in _FLOAT_TYPES and isinstance(value, int | str):
-        return float(value)
-    if type_name == "bool" and isinstance(value, int):
-        return bool(value)
-    return value
-
-
-def _rowcount(status: str | None) -> int:
-    tail = (status or "").rpartition(" ")[2]
-    return int(tail) if tail.isdigit() else -1
+    return [coerce(value, name) for value, name in zip(params, types, strict=True)]
