@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 
 import anyio
 import pytest
@@ -341,3 +341,36 @@ async def test_reader_never_skips_a_late_commit(pg_url: str) -> None:
                 assert [e.position async for e in reader.read_all()] == [1]  # nothing uncommitted is visible
         assert positions == {"late": [2], "fast": [3]}
         assert [e.position async for e in reader.read_all()] == [1, 2, 3]
+
+
+@needs_postgres
+async def test_a_database_error_in_a_group_commit_fails_only_its_own_caller(pg: EventStore) -> None:
+    """Concurrent appends share one transaction; a read-model constraint one of them breaks fails only that one."""
+    from eventstore import RecordedEvent
+
+    await pg.apply([GuardedBatch(None, [Statement("CREATE TABLE seen (stream TEXT PRIMARY KEY)")])])
+    await pg.apply([GuardedBatch(None, [Statement("INSERT INTO seen VALUES (?)", ("company:taken",))])])
+
+    def hook(events: Sequence[RecordedEvent]) -> list[GuardedBatch]:
+        return [GuardedBatch(None, [Statement("INSERT INTO seen VALUES (?)", (events[0].stream,))])]
+
+    pg.set_inline_hook(hook)
+    outcomes: dict[str, object] = {}
+
+    async def append(stream: str) -> None:
+        try:
+            outcomes[stream] = (await pg.append(stream, [detected(stream)])).positions
+        except DatabaseError as exc:
+            outcomes[stream] = exc
+
+    async with anyio.create_task_group() as tg:
+        for stream in ("company:a", "company:taken", "company:b"):
+            tg.start_soon(append, stream)
+    assert isinstance(outcomes.pop("company:taken"), DatabaseError)
+    assert sorted(p for positions in outcomes.values() for p in positions) == [1, 2]  # type: ignore[attr-defined]
+    assert [e.stream async for e in pg.read_all()] == list(outcomes)
+    assert sorted(row[0] for row in await pg.query("SELECT stream FROM seen")) == [
+        "company:a",
+        "company:b",
+        "company:taken",
+    ]
