@@ -114,13 +114,11 @@ def signal_event_id(event: SignalDetected) -> uuid.UUID:
 
 def signal_event_id_bytes(event: SignalDetected) -> bytes:
     """:func:`signal_event_id` as its 16 bytes (the hot path: no UUID object)."""
-    detected = event.detected_at
-    if detected.tzinfo is not _UTC:
-        detected = detected.astimezone(_UTC)
-    when = detected.isoformat(timespec="microseconds")
-    key = f"{event.canonical_key}\x1f{event.signal_type}\x1f{event.source_api}\x1f{when}"
+    # The instant as an integer (not isoformat: 1 µs more per event), whatever the timezone.
+    micros = to_micros(event.detected_at)
+    key = f"{event.canonical_key}\x1f{event.signal_type}\x1f{event.source_api}\x1f{micros}"
     digest = int.from_bytes(hashlib.sha256(key.encode()).digest()[:9], "big")
-    millis, sub = divmod(max(0, to_micros(detected)), 1000)
+    millis, sub = divmod(max(0, micros), 1000)
     # 10 bits of microseconds (< 1000) and 2 digest bits fill the 12 bits after the version.
     value = (millis & _MASK48) << 80 | _V8 | (sub << 2 | digest >> 62 & 0x3) << 64 | _VARIANT
     return (value | digest & _MASK62).to_bytes(16, "big")
