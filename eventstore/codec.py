@@ -16,7 +16,7 @@ import random
 import struct
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import msgspec
@@ -257,10 +257,10 @@ class EventRegistry:
         return converted
 
     def record(self, row: Row) -> RecordedEvent:
-        return self.records([row])[0]
+        return next(self.iter_records((row,)))
 
-    def records(self, rows: Sequence[Row]) -> list[RecordedEvent]:
-        """Decode a page of rows.
+    def iter_records(self, rows: Iterable[Row]) -> Iterator[RecordedEvent]:
+        """Decode a page of rows, one at a time.
 
         Events written by one append share their metadata bytes and
         ``recorded_at``, so consecutive equal values are decoded once and the
@@ -269,8 +269,6 @@ class EventRegistry:
         """
         decoders, types, decode = self._decoders, self._types, self.decode
         last_meta, meta_obj, last_at, when = b"", None, None, _EPOCH
-        records: list[RecordedEvent] = []
-        append = records.append
         for position, event_id, stream, version, type_name, schema_version, at, metadata, data, hash_ in rows:
             if metadata != last_meta or meta_obj is None:
                 meta_obj, last_meta = _meta_decode(metadata), metadata
@@ -281,21 +279,18 @@ class EventRegistry:
                 event = decoder.decode(data)
             else:
                 event = decode(type_name, schema_version, bytes(data))
-            append(
-                RecordedEvent(
-                    position=position,
-                    event_id=_uuid_from_bytes(bytes(event_id)),
-                    stream=stream,
-                    version=version,
-                    type=type_name,
-                    schema_version=schema_version,
-                    recorded_at=when,
-                    metadata=meta_obj,
-                    data=event,
-                    hash=bytes(hash_),
-                )
+            yield RecordedEvent(
+                position=position,
+                event_id=_uuid_from_bytes(bytes(event_id)),
+                stream=stream,
+                version=version,
+                type=type_name,
+                schema_version=schema_version,
+                recorded_at=when,
+                metadata=meta_obj,
+                data=event,
+                hash=bytes(hash_),
             )
-        return records
 
 
 def encode_metadata(metadata: Mapping[str, Any]) -> bytes:

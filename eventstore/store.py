@@ -211,8 +211,8 @@ class EventStore:
         remaining = limit if limit is not None else 2**62
         while remaining > 0:
             rows = await self._backend.read_stream(stream, version, backwards, min(PAGE_SIZE, remaining))
-            for row in rows:
-                yield self.registry.record(row)
+            for event in self.registry.iter_records(rows):
+                yield event
             if len(rows) < min(PAGE_SIZE, remaining):
                 return
             remaining -= len(rows)
@@ -229,8 +229,8 @@ class EventStore:
         """Every event from ``from_position`` (inclusive) in position order, in bounded memory."""
         self._check_open()
         async for rows in self._pages(from_position, limit, types, stream_prefix):
-            for row in rows:
-                yield self.registry.record(row)
+            for event in self.registry.iter_records(rows):
+                yield event
 
     async def _pages(
         self, position: int, limit: int | None, types: Iterable[str] | None, stream_prefix: str | None
@@ -271,8 +271,8 @@ class EventStore:
             # *before* the read says how far it certainly got.
             head = await self._backend.head() if filtered else 0
             rows = await self._backend.read_all(position, PAGE_SIZE, type_list, stream_prefix)
-            for row in rows:
-                yield self.registry.record(row)
+            for event in self.registry.iter_records(rows):
+                yield event
             if rows:
                 position = rows[-1][0] + 1
             if len(rows) < PAGE_SIZE:
@@ -295,7 +295,7 @@ class EventStore:
     async def get_events(self, positions: Sequence[int]) -> list[RecordedEvent]:
         """The events at ``positions`` (missing positions are left out), in position order."""
         self._check_open()
-        return [self.registry.record(row) for row in await self._backend.read_positions(positions)]
+        return list(self.registry.iter_records(await self._backend.read_positions(positions)))
 
     async def find_positions(self, event_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, int]:
         """Event id -> position, for the ids already in the log."""
