@@ -333,13 +333,20 @@ class SqliteBackend(Backend):
             return [self._append_item(conn, group[0].requests, clock)]
         outcomes: list[list[AppendResult] | BaseException] = []
         for pending in group:
-            conn.execute("SAVEPOINT es_item")
+            requests = pending.requests
+            # One event with no inline hook is written by one INSERT, which SQLite undoes by
+            # itself if it fails (statement atomicity); only bigger items need a savepoint.
+            guarded = self._hook is not None or len(requests) != 1 or len(requests[0].events) != 1
+            if guarded:
+                conn.execute("SAVEPOINT es_item")
             try:
-                outcomes.append(self._append_item(conn, pending.requests, clock))
+                outcomes.append(self._append_item(conn, requests, clock))
             except (EventStoreError, sqlite3.IntegrityError) as exc:
-                conn.execute("ROLLBACK TO es_item")
+                if guarded:
+                    conn.execute("ROLLBACK TO es_item")
                 outcomes.append(_translate(exc, self.path))
-            conn.execute("RELEASE es_item")
+            if guarded:
+                conn.execute("RELEASE es_item")
         return outcomes
 
     def _append_item(
