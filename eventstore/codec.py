@@ -131,7 +131,9 @@ _V8 = 0x8 << 76
 _VARIANT = 0b10 << 62
 _getrandbits = random.getrandbits
 _new_object = object.__new__
-_set_attribute = object.__setattr__
+# The slot descriptors of UUID (immutable through its own __setattr__): faster than object.__setattr__.
+_set_uuid_int = uuid.UUID.__dict__["int"].__set__
+_set_uuid_is_safe = uuid.UUID.__dict__["is_safe"].__set__
 _SAFE_UNKNOWN = uuid.SafeUUID.unknown
 
 
@@ -140,8 +142,8 @@ def _uuid_from_bytes(raw: bytes) -> uuid.UUID:
     if len(raw) != 16:
         return uuid.UUID(bytes=raw)  # raises the usual ValueError
     value = _new_object(uuid.UUID)
-    _set_attribute(value, "int", int.from_bytes(raw, "big"))
-    _set_attribute(value, "is_safe", _SAFE_UNKNOWN)
+    _set_uuid_int(value, int.from_bytes(raw))
+    _set_uuid_is_safe(value, _SAFE_UNKNOWN)
     return value
 
 
@@ -181,6 +183,8 @@ class EventRegistry:
         self._types: dict[str, type[Event]] = {}
         self._decoders: dict[str, msgspec.json.Decoder[Any]] = {}
         self._datetime_fields: dict[str, tuple[str, ...]] = {}
+        #: type name -> (decoder, current schema_version): the read loop's one lookup per event.
+        self._current: dict[str, tuple[msgspec.json.Decoder[Any], int]] = {}
         self._upcasters: dict[tuple[str, int], Upcaster] = {}
         for event_type in (*SIGNAL_EVENT_TYPES, *types):
             self.register(event_type)
@@ -196,6 +200,7 @@ class EventRegistry:
         self._types[name] = event_type
         self._decoders[name] = msgspec.json.Decoder(event_type)
         self._datetime_fields[name] = _datetime_fields(event_type)
+        self._current[name] = (self._decoders[name], event_type.schema_version)
 
     def register_upcaster(self, type_name: str, from_version: int, upcaster: Upcaster) -> None:
         """Register ``upcaster`` turning ``type_name`` data of ``from_version`` into ``from_version + 1``."""
@@ -267,21 +272,29 @@ class EventRegistry:
         events share one metadata dict (as the events handed to an inline hook
         do): treat ``RecordedEvent.metadata`` as read-only.
         """
-        decoders, types, decode = self._decoders, self._types, self.decode
+        current, decode = self._current, self.decode
+        new, set_int, set_safe, unknown = _new_object, _set_uuid_int, _set_uuid_is_safe, _SAFE_UNKNOWN
         last_meta, meta_obj, last_at, when = b"", None, None, _EPOCH
         for position, event_id, stream, version, type_name, schema_version, at, metadata, data, hash_ in rows:
             if metadata != last_meta or meta_obj is None:
                 meta_obj, last_meta = _meta_decode(metadata), metadata
             if at != last_at:
                 when, last_at = _EPOCH + _timedelta(microseconds=at), at
-            decoder = decoders.get(type_name)
-            if decoder is not None and schema_version == types[type_name].schema_version:
-                event = decoder.decode(data)
+            known = current.get(type_name)
+            if known is not None and schema_version == known[1]:
+                event = known[0].decode(data)
             else:
                 event = decode(type_name, schema_version, bytes(data))
+            raw_id = bytes(event_id)
+            if len(raw_id) == 16:  # _uuid_from_bytes, inlined: this loop runs once per event read
+                event_uuid = new(uuid.UUID)
+                set_int(event_uuid, int.from_bytes(raw_id))
+                set_safe(event_uuid, unknown)
+            else:
+                event_uuid = uuid.UUID(bytes=raw_id)  # raises the usual ValueError
             yield RecordedEvent(
                 position=position,
-                event_id=_uuid_from_bytes(bytes(event_id)),
+                event_id=event_uuid,
                 stream=stream,
                 version=version,
                 type=type_name,
