@@ -30,7 +30,7 @@ def anyio_backend() -> str:
 def _drop_schema(url: str, schema: str) -> None:
     import asyncio
 
-    import asyncpg  # type: ignore[import-untyped]
+    import asyncpg
 
     async def drop() -> None:
         conn = await asyncpg.connect(url)
