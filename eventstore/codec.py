@@ -74,7 +74,8 @@ def new_event_id() -> uuid.UUID:
 def new_event_id_bytes() -> bytes:
     """:func:`new_event_id` as its 16 bytes (the hot path: no UUID object)."""
     millis, sub = divmod(time.time_ns(), 1_000_000)
-    # random is reseeded after fork and needs no syscall; these bits only need to be unique, not secret.
+    # A private generator seeded from os.urandom (again after fork; user code seeding the global
+    # one cannot make two processes collide): no syscall per id, and these bits need not be secret.
     value = (millis & _MASK48) << 80 | _V7 | (sub * 4096 // 1_000_000) << 64 | _VARIANT | _getrandbits(62)
     return value.to_bytes(16, "big")
 
@@ -99,7 +100,9 @@ def _fresh_correlation_prefix() -> None:
 _correlation_prefix = ""
 _correlation_counter = itertools.count()
 _fresh_correlation_prefix()
+_rng = random.Random()
 os.register_at_fork(after_in_child=_fresh_correlation_prefix)
+os.register_at_fork(after_in_child=_rng.seed)
 
 
 def signal_event_id(event: SignalDetected) -> uuid.UUID:
@@ -129,7 +132,7 @@ _MASK62 = 0x3FFF_FFFF_FFFF_FFFF
 _V7 = 0x7 << 76
 _V8 = 0x8 << 76
 _VARIANT = 0b10 << 62
-_getrandbits = random.getrandbits
+_getrandbits = _rng.getrandbits
 _new_object = object.__new__
 # The slot descriptors of UUID (immutable through its own __setattr__): faster than object.__setattr__.
 _set_uuid_int = uuid.UUID.__dict__["int"].__set__
