@@ -17,8 +17,10 @@ from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
+import anyio
+
 from eventstore.backends import backend_for
-from eventstore.backends.base import Backend, PreparedAppend, PreparedEvent
+from eventstore.backends.base import Backend, PreparedAppend, PreparedEvent, WorkerLock
 from eventstore.codec import (
     GENESIS_HASH,
     EventRegistry,
@@ -30,7 +32,7 @@ from eventstore.codec import (
     signal_event_id_bytes,
     to_micros,
 )
-from eventstore.errors import InvalidEvent, NotFound, StoreClosed
+from eventstore.errors import DatabaseError, InvalidEvent, NotFound, StoreClosed
 from eventstore.events import Event, SignalDetected
 from eventstore.migrations import MigrationSet
 from eventstore.model import (
@@ -352,6 +354,36 @@ class EventStore:
                 progress(checked)
         return VerifyReport(ok=True, events_checked=checked, head_position=head)
 
+    # -- workers ---------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def worker_lock(
+        self,
+        name: str,
+        *,
+        wait: bool = True,
+        poll_interval: float = 0.5,
+        on_wait: Callable[[], None] | None = None,
+    ) -> AsyncIterator[bool]:
+        """Hold the worker lock ``name`` for the block: one holder per name and database at a time.
+
+        Exclusive across processes and machines; freed when the block exits or
+        the holder's process dies, even by SIGKILL (SQLite: a ``flock`` on
+        ``<db>.<name>.lock``; PostgreSQL: a session advisory lock on a
+        connection of its own). With ``wait`` it tries every ``poll_interval``
+        seconds (calling ``on_wait`` once, before the first wait) and yields
+        True once held; without, it yields whether it got the lock.
+        """
+        self._check_open()
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"a worker lock needs a non-empty name, not {name!r}")
+        lock = self._backend.worker_lock(name)
+        try:
+            yield await _take(lock, name, wait, poll_interval, on_wait)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await lock.release()
+
     # -- the SQL service for read models (projections, facade, audit) ----
 
     def set_inline_hook(self, hook: InlineHook | None) -> None:
@@ -394,6 +426,25 @@ class EventStore:
     @property
     def backend(self) -> Backend:
         return self._backend
+
+
+async def _take(
+    lock: WorkerLock, name: str, wait: bool, poll_interval: float, on_wait: Callable[[], None] | None
+) -> bool:
+    if await lock.try_acquire():
+        return True
+    if not wait:
+        return False
+    if on_wait is not None:
+        on_wait()
+    while True:
+        await anyio.sleep(poll_interval)
+        try:
+            if await lock.try_acquire():
+                return True
+        except DatabaseError as exc:  # e.g. the server restarting: a standby keeps standing by
+            log.warning("worker lock %r: %s; retrying in %.1fs", name, exc, poll_interval)
+            await lock.release()
 
 
 def _hash_matches(previous: bytes, row: Row) -> bool:

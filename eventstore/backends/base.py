@@ -40,6 +40,7 @@ __all__ = (
     "Backend",
     "PreparedAppend",
     "PreparedEvent",
+    "WorkerLock",
     "build_rows",
     "check_expected_version",
     "resolve_known_ids",
@@ -66,6 +67,24 @@ class PreparedAppend(NamedTuple):
     stream: str
     expected_version: ExpectedVersion
     events: Sequence[PreparedEvent]
+
+
+class WorkerLock(abc.ABC):
+    """One holder's handle on a named worker lock (see :meth:`Backend.worker_lock`).
+
+    At most one handle per (database, name) holds the lock at a time, across
+    processes and machines, and the lock is freed when the holding process
+    dies, however it dies (SIGKILL included): the operating system or the
+    database server releases it, never a timeout of ours.
+    """
+
+    @abc.abstractmethod
+    async def try_acquire(self) -> bool:
+        """Take the lock if it is free, without waiting; True if this handle holds it (also if it already did)."""
+
+    @abc.abstractmethod
+    async def release(self) -> None:
+        """Give the lock up (if held) and free the handle's resources. Idempotent."""
 
 
 class Backend(abc.ABC):
@@ -148,6 +167,10 @@ class Backend(abc.ABC):
 
         Waking is only a hint: callers re-read by position, which is the correctness path.
         """
+
+    @abc.abstractmethod
+    def worker_lock(self, name: str) -> WorkerLock:
+        """A new, unheld handle on the worker lock ``name`` of this database (see WorkerLock)."""
 
     @abc.abstractmethod
     async def stats(self) -> dict[str, Any]:

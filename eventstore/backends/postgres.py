@@ -41,7 +41,8 @@ from typing import Any, TypeVar
 import anyio
 import asyncpg  # the only module that imports the driver
 
-from eventstore.backends.base import Backend, PreparedAppend
+from eventstore.backends.base import Backend, PreparedAppend, WorkerLock
+from eventstore.backends.pglock import KEEPALIVES, AdvisoryLock, lock_key
 from eventstore.backends.pgplan import LogState, may_repeat
 from eventstore.backends.pgtext import app_role_sql, coerce, number, numbered, parse_url, quote_ident, rowcount
 from eventstore.codec import GENESIS_HASH
@@ -582,6 +583,15 @@ class PostgresBackend(Backend):
             self.schema,
         )
         return [row[0] for row in rows]
+
+    def worker_lock(self, name: str) -> WorkerLock:
+        return AdvisoryLock(lock_key(self.schema, name), self._lock_connection, self._translated)
+
+    async def _lock_connection(self) -> Any:
+        if self._pool is None:
+            raise StoreClosed(f"the store on {self.display_name} is closed")
+        settings = {**self._settings, **KEEPALIVES}
+        return await asyncpg.connect(self._target.dsn, timeout=self._connect_timeout, server_settings=settings)
 
     async def stats(self) -> dict[str, Any]:
         rows = await self._fetch(

@@ -39,10 +39,12 @@ import anyio
 from eventstore.backends.base import (
     Backend,
     PreparedAppend,
+    WorkerLock,
     build_rows,
     check_expected_version,
     resolve_known_ids,
 )
+from eventstore.backends.filelock import FileLock, MemoryLock, lock_path
 from eventstore.codec import GENESIS_HASH
 from eventstore.errors import (
     DatabaseError,
@@ -128,6 +130,7 @@ class SqliteBackend(Backend):
         self._checkpoint_due = False
         # Created by the first waiter, set and dropped by the next commit: no Event per commit.
         self._appended: anyio.Event | None = None
+        self._memory_locks: set[str] = set()
 
     # -- lifecycle -------------------------------------------------------
 
@@ -555,6 +558,11 @@ class SqliteBackend(Backend):
     async def applied_migrations(self) -> dict[str, int]:
         rows = await self.query("SELECT set_name, max(version) FROM schema_migrations GROUP BY set_name")
         return {name: int(version) for name, version in rows}
+
+    def worker_lock(self, name: str) -> WorkerLock:
+        if self._memory:
+            return MemoryLock(self._memory_locks, name)
+        return FileLock(lock_path(self.path, name))
 
     async def stats(self) -> dict[str, Any]:
         size = 0
