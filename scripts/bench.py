@@ -568,6 +568,11 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--json", action="store_true", help="print the results as JSON instead of a table")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir with the databases")
     parser.add_argument("--child-read", nargs=2, metavar=("SIDE", "PATH"), help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--postgres",
+        default=os.environ.get("EVENTSTORE_BENCH_POSTGRES_URL", ""),
+        help="PostgreSQL URL for the pg_* sections (default $EVENTSTORE_BENCH_POSTGRES_URL; none: skipped)",
+    )
     return parser.parse_args(argv)
 
 
@@ -602,6 +607,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print_table(results, f"eventstore vs raw sqlite3 ({header})")
     return 0
 
+
+# More sections live in sibling modules (facade/projections/audit, PostgreSQL) that do
+# `from bench import section, ...`. Run as a script this module is __main__; the alias
+# makes that import return this very module (one SECTIONS), not a fresh second copy.
+sys.modules.setdefault("bench", sys.modules[__name__])
+import bench_facade  # noqa: E402, F401  (registers its sections)
+import bench_postgres  # noqa: E402, F401
 
 if __name__ == "__main__":
     sys.exit(main())
