@@ -43,8 +43,8 @@ import asyncpg  # the only module that imports the driver
 
 from eventstore.backends.base import Backend, PreparedAppend, WorkerLock
 from eventstore.backends.pglock import KEEPALIVES, AdvisoryLock, lock_key
-from eventstore.backends.pgplan import LogState, may_repeat
 from eventstore.backends.pgtext import app_role_sql, coerce, number, numbered, parse_url, quote_ident, rowcount
+from eventstore.backends.plan import LogState, may_repeat
 from eventstore.codec import GENESIS_HASH
 from eventstore.errors import (
     DatabaseError,

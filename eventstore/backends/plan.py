@@ -1,8 +1,9 @@
 """Planning a group of appends in memory from one read of the log's state.
 
-The PostgreSQL backend reads, under its append lock, the head of the log, the
-version of every stream the group touches and the rows of any ids that may
-already be recorded — in one round trip. Each caller's requests are then
+A backend reads, under its write lock, the head of the log, the version of
+every stream a group commit touches and the rows of any ids that may already
+be recorded (one round trip on PostgreSQL, three indexed queries on SQLite).
+Each caller's requests are then
 checked and given positions here, in Python, in arrival order; a caller whose
 check fails changes nothing, so no savepoint is needed, and every accepted row
 goes to the database in a single INSERT.
