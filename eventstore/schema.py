@@ -54,3 +54,25 @@ def create_events(dialect: str) -> Sequence[str]:
         """CREATE TRIGGER events_refuse_change BEFORE UPDATE OR DELETE OR TRUNCATE ON events
            FOR EACH STATEMENT EXECUTE FUNCTION events_refuse_change()""",
     )
+
+
+@LOG_MIGRATIONS.step
+def refuse_replace(dialect: str) -> Sequence[str]:
+    """SQLite's REPLACE deletes a conflicting row without firing DELETE triggers
+    (unless the connection enables recursive_triggers), so an INSERT OR REPLACE
+    could rewrite an event. Refuse any insert that collides with a recorded
+    position, event id or stream version. Costs ~7% of a single-event append and
+    ~20% of a 1000-event batch in raw sqlite3 (measured), a price we pay for the
+    log being append-only in the database itself. PostgreSQL needs nothing: its
+    ON CONFLICT DO UPDATE is an UPDATE, which the trigger already refuses.
+    """
+    if dialect != "sqlite":
+        return ()
+    return (
+        """CREATE TRIGGER events_refuse_replace BEFORE INSERT ON events
+           WHEN NEW.position <= coalesce((SELECT max(position) FROM events), 0)
+             OR EXISTS (SELECT 1 FROM events WHERE event_id = NEW.event_id)
+             OR EXISTS (SELECT 1 FROM events WHERE stream = NEW.stream AND version = NEW.version)
+           BEGIN SELECT RAISE(ABORT, 'events are append-only: REPLACE of a recorded event refused'); END""",
+    )
+

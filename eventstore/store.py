@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import datetime as dt
 import logging
@@ -32,7 +33,7 @@ from eventstore.codec import (
     signal_event_id_bytes,
     to_micros,
 )
-from eventstore.errors import DatabaseError, InvalidEvent, NotFound, StoreClosed
+from eventstore.errors import DatabaseError, DuplicateEventError, InvalidEvent, NotFound, StoreClosed
 from eventstore.events import Event, SignalDetected
 from eventstore.migrations import MigrationSet
 from eventstore.model import (
@@ -151,6 +152,7 @@ class EventStore:
         """Append to several streams in one all-or-nothing transaction."""
         self._check_open()
         prepared = [self._prepare(request) for request in requests]
+        _refuse_repeated_ids(prepared)
         return await self._backend.append(prepared, self._now_us)
 
     def _prepare(self, request: AppendRequest) -> PreparedAppend:
@@ -452,6 +454,13 @@ def _hash_matches(previous: bytes, row: Row) -> bool:
         return isinstance(row[9], bytes | bytearray | memoryview) and chain_hash(previous, row) == bytes(row[9])
     except (TypeError, ValueError, AttributeError, struct.error):
         return False  # a column of the wrong type (SQLite is dynamically typed): tampered
+
+
+def _refuse_repeated_ids(prepared: Sequence[PreparedAppend]) -> None:
+    ids = [event.event_id for request in prepared for event in request.events]
+    if len(ids) > 1 and len(set(ids)) != len(ids):
+        repeated = next(event_id for event_id, count in collections.Counter(ids).items() if count > 1)
+        raise DuplicateEventError(f"event id {uuid.UUID(bytes=repeated)} appears twice in one append; nothing written")
 
 
 def _bad(checked: int, head: int, position: int, reason: str) -> VerifyReport:

@@ -12,6 +12,7 @@ import pytest
 
 from eventstore import EventStoreError, IntegrityViolation, SuppressionEntry, open_store, signal_store
 from eventstore.backup import export_log, import_log, restore
+from eventstore.schema import LOG_MIGRATIONS
 from tests.conftest import FakeClock
 
 pytestmark = pytest.mark.anyio
@@ -69,7 +70,7 @@ async def test_round_trip_keeps_positions_ids_hashes_and_answers(tmp_path: Path,
     await populate(source)
     dump = await export_bytes(source)
     header = json.loads(dump.splitlines()[0])
-    assert header == {"format": "eventstore-jsonl", "format_version": 1, "schema_version": 1,
+    assert header == {"format": "eventstore-jsonl", "format_version": 1, "schema_version": LOG_MIGRATIONS.latest,
                       "head_position": 15, "event_count": 15}  # fmt: skip
     async with open_store(store_url) as log:
         report = await restore(log, io.BytesIO(dump))

@@ -176,12 +176,6 @@ async def test_the_database_refuses_update_and_delete_on_events(sqlite_path: str
     assert await verify(sqlite_path) == (True, None, None)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known gap: REPLACE deletes the conflicting row without firing DELETE triggers unless the "
-    "connection enables recursive_triggers; a BEFORE INSERT guard costs ~15-25% of batched append "
-    "throughput, so it is left to the schema owner (verify() still detects the rewrite)",
-)
 @pytest.mark.parametrize(
     "sql",
     [
@@ -200,6 +194,7 @@ async def test_the_database_refuses_replace_on_events(sqlite_path: str, sql: str
 async def test_a_rewrite_by_replace_is_caught_by_verify(sqlite_path: str) -> None:
     await filled(sqlite_path, 3)
     with raw(sqlite_path) as conn:
+        drop_triggers(conn)  # someone with write access to the file removes the guards first
         conn.execute(
             "REPLACE INTO events (position, event_id, stream, version, type, schema_version, recorded_at, metadata, "
             "data, hash) SELECT 99, event_id, 'elsewhere', 1, type, schema_version, recorded_at, metadata, data, hash "
