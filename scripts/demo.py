@@ -99,9 +99,10 @@ async def collector(
                 "raw_data": {"score": rng.randint(1, 500), "note": f"{source} saw {name}"},
                 "detected_at": detected_at,
             }
-            first = await store.save_signal(**signal, actor=f"{source}-collector")  # type: ignore[arg-type]
+            run = f"{source}-{index}"  # correlation ids from the plan keep the output reproducible
+            first = await store.save_signal(**signal, actor=f"{source}-collector", correlation_id=run)  # type: ignore[arg-type]
             if rng.random() < 0.25:  # the same detection again, as a retrying collector would send it
-                again = await store.save_signal(**signal, actor=f"{source}-collector")  # type: ignore[arg-type]
+                again = await store.save_signal(**signal, actor=f"{source}-collector", correlation_id=run)  # type: ignore[arg-type]
                 stats["duplicates"] += int(again == first)
             stats["saved"] += 1
         progress.advance(task)  # type: ignore[arg-type]
@@ -120,7 +121,7 @@ async def run(db: Path, seed: int, company_count: int) -> None:
             SuppressionEntry(canonical_key=key, notion_page_id=f"notion-{i:04d}", status="In pipeline")
             for i, (key, _) in enumerate(in_notion)
         ]
-        await store.update_suppression_cache(entries, ttl_days=7, actor="notion-sync")
+        await store.update_suppression_cache(entries, ttl_days=7, actor="notion-sync", correlation_id="sync-1")
         console.print(f"Notion sync: {len(entries)} companies cached for 7 days")
 
         # 2. Collectors run concurrently, each over its own shuffled view of the market.
@@ -143,10 +144,22 @@ async def run(db: Path, seed: int, company_count: int) -> None:
         while batch := await store.get_pending_signals(limit=50):
             for signal in batch:
                 if signal.confidence >= 0.6:
-                    await store.mark_pushed(signal.id, f"page-{signal.id}", {"score": signal.confidence}, actor="gate")
+                    await store.mark_pushed(
+                        signal.id,
+                        f"page-{signal.id}",
+                        {"score": signal.confidence},
+                        actor="gate",
+                        correlation_id=f"gate-{signal.id}",
+                    )
                     pushed += 1
                 else:
-                    await store.mark_rejected(signal.id, "low confidence", {"threshold": 0.6}, actor="gate")
+                    await store.mark_rejected(
+                        signal.id,
+                        "low confidence",
+                        {"threshold": 0.6},
+                        actor="gate",
+                        correlation_id=f"gate-{signal.id}",
+                    )
                     rejected += 1
         console.print(f"Gate: {pushed} pushed to Notion, {rejected} rejected")
         await report(store, rng)
