@@ -40,9 +40,6 @@ from eventstore.backends.base import (
     Backend,
     PreparedAppend,
     WorkerLock,
-    build_rows,
-    check_expected_version,
-    resolve_known_ids,
 )
 from eventstore.backends.filelock import FileLock, MemoryLock, lock_path
 from eventstore.backends.plan import LogState, may_repeat
@@ -334,26 +331,26 @@ class SqliteBackend(Backend):
     def _append_group(
         self, conn: sqlite3.Connection, group: list[_Pending], clock: Clock
     ) -> list[list[AppendResult] | BaseException]:
-        if len(group) == 1:
-            return [self._append_item(conn, group[0].requests, clock)]
+        items = [pending.requests for pending in group]
+        if len(items) == 1:
+            return self._append_planned(conn, items, clock)
         # Plan the whole group in memory from one read of the log's state: a caller
         # whose check fails changes nothing, and the accepted rows go in one
         # executemany. Only if the database itself refuses something (a read
         # model's constraint, say) is the group redone one savepoint per caller.
         conn.execute("SAVEPOINT es_group")
         try:
-            outcomes = self._append_planned(conn, group, clock)
+            outcomes = self._append_planned(conn, items, clock)
         except sqlite3.Error:
             conn.execute("ROLLBACK TO es_group")
             conn.execute("RELEASE es_group")
-            return self._append_each(conn, group, clock)
+            return self._append_each(conn, items, clock)
         conn.execute("RELEASE es_group")
         return outcomes
 
     def _append_planned(
-        self, conn: sqlite3.Connection, group: list[_Pending], clock: Clock
+        self, conn: sqlite3.Connection, items: list[Sequence[PreparedAppend]], clock: Clock
     ) -> list[list[AppendResult] | BaseException]:
-        items = [pending.requests for pending in group]
         state = _read_state(conn, items)
         outcomes: list[list[AppendResult] | BaseException] = []
         rows: list[Row] = []
@@ -367,79 +364,35 @@ class SqliteBackend(Backend):
             outcomes.append(results)
             rows += item_rows
             recorded += item_recorded
-        if rows:
+        if len(rows) == 1:
+            conn.execute(_INSERT, rows[0])  # executemany costs ~2 µs more for one row
+        elif rows:
             conn.executemany(_INSERT, rows)
         if recorded and self._hook is not None:
             _run_batches(conn, self._hook(recorded))
         return outcomes
 
     def _append_each(
-        self, conn: sqlite3.Connection, group: list[_Pending], clock: Clock
+        self, conn: sqlite3.Connection, items: list[Sequence[PreparedAppend]], clock: Clock
     ) -> list[list[AppendResult] | BaseException]:
         outcomes: list[list[AppendResult] | BaseException] = []
-        for pending in group:
-            requests = pending.requests
-            # One event with no inline hook is written by one INSERT, which SQLite undoes by
-            # itself if it fails (statement atomicity); only bigger items need a savepoint.
-            guarded = self._hook is not None or len(requests) != 1 or len(requests[0].events) != 1
-            if guarded:
-                conn.execute("SAVEPOINT es_item")
+        for requests in items:
+            conn.execute("SAVEPOINT es_item")
             try:
                 outcomes.append(self._append_item(conn, requests, clock))
             except (EventStoreError, sqlite3.IntegrityError) as exc:
-                if guarded:
-                    conn.execute("ROLLBACK TO es_item")
+                conn.execute("ROLLBACK TO es_item")
                 outcomes.append(_translate(exc, self.path))
-            if guarded:
-                conn.execute("RELEASE es_item")
+            conn.execute("RELEASE es_item")
         return outcomes
 
     def _append_item(
         self, conn: sqlite3.Connection, requests: Sequence[PreparedAppend], clock: Clock
     ) -> list[AppendResult]:
-        head, current, id_known = self._probe(conn, requests)
-        results: list[AppendResult] = []
-        recorded = []
-        for index, request in enumerate(requests):
-            if index:
-                current = conn.execute(_STREAM_VERSION, (request.stream,)).fetchone()[0] or 0
-                id_known = any(event.known_id_possible for event in request.events)
-            if id_known:
-                existing = _find_ids(conn, [e.event_id for e in request.events])
-                known = resolve_known_ids(request, existing, current)
-                if known is not None:
-                    results.append(known)
-                    continue
-            check_expected_version(request.stream, request.expected_version, current)
-            if not request.events:
-                results.append(AppendResult(positions=[], version=current, written=False))
-                continue
-            rows, new, head = build_rows(request, head, current, clock(), with_records=self._hook is not None)
-            if len(rows) == 1:
-                conn.execute(_INSERT, rows[0])  # executemany costs ~2 µs more for one row
-            else:
-                conn.executemany(_INSERT, rows)
-            results.append(AppendResult(positions=[row[0] for row in rows], version=rows[-1][3]))
-            recorded.extend(new)
-        if recorded and self._hook is not None:
-            _run_batches(conn, self._hook(recorded))
-        return results
-
-    @staticmethod
-    def _probe(
-        conn: sqlite3.Connection, requests: Sequence[PreparedAppend]
-    ) -> tuple[tuple[int, bytes, int], int, bool]:
-        """(head, version of the first request's stream, whether its ids may be known) in one query."""
-        if not requests:
-            return (0, GENESIS_HASH, 0), 0, False
-        first = requests[0]
-        lone = first.events[0] if len(first.events) == 1 else None
-        probe_id = lone.event_id if lone is not None and lone.known_id_possible else None
-        row = conn.execute(_PROBE, (first.stream, probe_id)).fetchone()
-        if row is None:  # an empty log: no stream and no id can exist yet
-            return (0, GENESIS_HASH, 0), 0, False
-        known = row[4] is not None if lone is not None else any(e.known_id_possible for e in first.events)
-        return (row[0], row[1], row[2]), row[3] or 0, known
+        (outcome,) = self._append_planned(conn, [requests], clock)
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
 
     # -- units of work ---------------------------------------------------
 
@@ -629,6 +582,8 @@ def _fetchall(conn: sqlite3.Connection, sql: str, params: Sequence[Any]) -> list
 
 def _read_state(conn: sqlite3.Connection, items: list[Sequence[PreparedAppend]]) -> LogState:
     """The head, every touched stream's version and the rows of ids that may be known."""
+    if len(items) == 1 and len(items[0]) == 1:
+        return _read_state_of_one(conn, items[0][0])
     head = conn.execute(_HEAD).fetchone() or (0, GENESIS_HASH, 0)
     streams = list(dict.fromkeys(request.stream for requests in items for request in requests))
     # One probe per stream: max(version) over an IN list would scan each stream's whole index range.
@@ -636,6 +591,19 @@ def _read_state(conn: sqlite3.Connection, items: list[Sequence[PreparedAppend]])
     ids = [e.event_id for requests in items for request in requests if may_repeat(request) for e in request.events]
     known = {bytes(row[1]): row for row in _find_ids(conn, ids)} if ids else {}
     return LogState((head[0], head[1], head[2]), versions, known)
+
+
+def _read_state_of_one(conn: sqlite3.Connection, request: PreparedAppend) -> LogState:
+    """The common case, one request: head, version and a lone event's id in one statement."""
+    lone = request.events[0] if len(request.events) == 1 else None
+    probe_id = lone.event_id if lone is not None and lone.known_id_possible else None
+    row = conn.execute(_PROBE, (request.stream, probe_id)).fetchone()
+    if row is None:  # an empty log: no stream and no id can exist yet
+        return LogState((0, GENESIS_HASH, 0), {}, {})
+    maybe_known = row[4] is not None if lone is not None else may_repeat(request)
+    ids = [event.event_id for event in request.events] if maybe_known else []
+    known = {bytes(r[1]): r for r in _find_ids(conn, ids)} if ids else {}
+    return LogState((row[0], row[1], row[2]), {request.stream: row[3] or 0}, known)
 
 
 def _find_ids(conn: sqlite3.Connection, event_ids: list[bytes]) -> list[Row]:
