@@ -178,7 +178,6 @@ class Bench:
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute(f"PRAGMA synchronous={self.synchronous}")
         conn.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
-        conn.execute("PRAGMA temp_store=MEMORY")
         if new:
             conn.execute(schema)
         return conn

@@ -304,7 +304,6 @@ def raw_rebuild(path: str, which: str, synchronous: str) -> int:
     conn = sqlite3.connect(path, isolation_level=None)
     conn.execute(f"PRAGMA synchronous={synchronous}")
     conn.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
-    conn.execute("PRAGMA temp_store=MEMORY")
     tables = {name: f"raw_{name}" for name in RAW_TABLES}
     conn.execute("BEGIN")
     for table in tables.values():

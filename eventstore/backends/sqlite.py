@@ -167,7 +167,9 @@ class SqliteBackend(Backend):
             self._retrying(lambda: conn.execute("PRAGMA journal_mode=WAL"), "set WAL mode")
         conn.execute(f"PRAGMA synchronous={self.synchronous}")
         conn.execute(f"PRAGMA cache_size=-{int(self.cache_size_kib)}")
-        conn.execute("PRAGMA temp_store=MEMORY")
+        # temp_store stays FILE: statement journals live in memory up to 64 KiB and spill to a
+        # temp file beyond that. MEMORY made dropping an old projection generation hold every
+        # freed page in RAM (+78 MiB at 200k events, +325 MiB at 1M: measured).
         if writer and not self._memory:
             # Checkpoints run on the checkpointer's thread (see _Checkpointer); the automatic
             # one inside COMMIT stays only as a backstop far above the checkpointer's trigger.
