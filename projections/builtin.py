@@ -68,7 +68,12 @@ class SignalsProjection(Projection):
 
 
 class ProcessingProjection(Projection):
-    """Processing state per signal: pending, then pushed or rejected."""
+    """Processing state per signal: pending, then pushed or rejected.
+
+    The first outcome recorded wins, as in the facade's state machine and the
+    audit replay; a later conflicting event (possible only through the raw log
+    API) stays in the log but does not change the row.
+    """
 
     name = "processing"
     version = 1
@@ -111,7 +116,7 @@ class ProcessingProjection(Projection):
         return (
             Statement(
                 f"UPDATE {t} SET status = ?, notion_page_id = ?, rejection_reason = ?, metadata = ?, "
-                "processed_at = ?, processed_by = ? WHERE signal_id = ?",
+                "processed_at = ?, processed_by = ? WHERE signal_id = ? AND status = 'pending'",
                 (status, page, reason, json_text(data.metadata), iso(event.recorded_at), event.actor, data.signal_id),
             ),
         )

@@ -21,6 +21,7 @@ from eventstore import (
     InvalidTransition,
     RecordedEvent,
     SignalPushed,
+    SignalRejected,
     SignalStore,
     Statement,
     SuppressionEntry,
@@ -422,3 +423,18 @@ async def test_processes_opening_a_new_database_at_once(sqlite_path: str) -> Non
 if __name__ == "__main__":
     command, url, worker = sys.argv[1:]
     anyio.run({"write": _write, "open": _open}[command], url, int(worker))
+
+
+async def test_the_first_outcome_wins_in_the_processing_table_as_in_the_audit_replay(store_url: str) -> None:
+    async with signal_store(store_url, background=False) as store:
+        signal_id = await store.save_signal("github_spike", "github", "domain:first.ai", "First", 0.9)
+        # A conflicting outcome can only come in through the raw log API; the facade refuses it.
+        stream = company_stream("domain:first.ai")
+        await store.log.append(stream, [SignalRejected(signal_id=signal_id, reason="too small")])
+        await store.log.append(stream, [SignalPushed(signal_id=signal_id, notion_page_id="late-page")])
+        await store.runner.ensure_current()
+        signal = await store.get_signal(signal_id)
+        assert signal is not None
+        assert (signal.status, signal.rejection_reason, signal.notion_page_id) == ("rejected", "too small", None)
+        replayed = await (await store.as_of(store.log.now())).get_signal(signal_id)
+        assert replayed is not None and replayed.status == "rejected"
