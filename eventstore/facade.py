@@ -164,9 +164,8 @@ class SignalStore:
         meta: dict[str, Any] = dict(extra or {})
         if actor is not None:
             meta["actor"] = actor
-        # One call is one unit of work: every event it appends shares one correlation id
-        # (the log would otherwise give each stream's request its own).
-        meta["correlation_id"] = correlation_id if correlation_id is not None else str(uuid.uuid4())
+        if correlation_id is not None:  # otherwise the log gives the whole call one
+            meta["correlation_id"] = correlation_id
         return meta
 
     @contextlib.asynccontextmanager

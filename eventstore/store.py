@@ -151,11 +151,13 @@ class EventStore:
     async def append_batch(self, requests: Sequence[AppendRequest]) -> list[AppendResult]:
         """Append to several streams in one all-or-nothing transaction."""
         self._check_open()
-        prepared = [self._prepare(request) for request in requests]
+        # One call is one unit of work: its events share one default correlation id.
+        correlation_id = new_correlation_id()
+        prepared = [self._prepare(request, correlation_id) for request in requests]
         _refuse_repeated_ids(prepared)
         return await self._backend.append(prepared, self._now_us)
 
-    def _prepare(self, request: AppendRequest) -> PreparedAppend:
+    def _prepare(self, request: AppendRequest, correlation_id: str) -> PreparedAppend:
         stream, events = request.stream, list(request.events)
         if not isinstance(stream, str) or not stream or (not stream.isprintable() and not _is_utf8(stream)):
             raise InvalidEvent(f"stream must be a non-empty UTF-8 string, not {stream!r}", field="stream")
@@ -166,7 +168,7 @@ class EventStore:
         ids = request.event_ids
         if ids is not None and len(ids) != len(events):
             raise InvalidEvent(f"{len(ids)} event_ids given for {len(events)} events", field="event_ids")
-        meta = self._metadata(request.metadata)
+        meta = self._metadata(request.metadata, correlation_id)
         meta_bytes = encode_metadata(meta)
         prepared = []
         for index, event in enumerate(events):
@@ -180,8 +182,8 @@ class EventStore:
             prepared.append(PreparedEvent(event_id, name, schema_version, meta_bytes, data, event, meta, explicit))
         return PreparedAppend(stream, expected, prepared)
 
-    def _metadata(self, given: Mapping[str, Any] | None) -> dict[str, Any]:
-        meta: dict[str, Any] = {"actor": self.actor, "correlation_id": new_correlation_id(), "causation_id": None}
+    def _metadata(self, given: Mapping[str, Any] | None, correlation_id: str) -> dict[str, Any]:
+        meta: dict[str, Any] = {"actor": self.actor, "correlation_id": correlation_id, "causation_id": None}
         if not given and type(self.actor) is str and self.actor:
             return meta
         if given:
