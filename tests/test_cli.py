@@ -15,7 +15,7 @@ from typing import Any
 import anyio
 import pytest
 
-from eventstore import signal_store
+from eventstore import SignalPushed, SignalRejected, open_store, signal_store
 from eventstore.cli import main
 from tests.test_backup import populate
 
@@ -215,3 +215,22 @@ def test_tail_follow_prints_new_events_live(db: str) -> None:
         finally:
             process.terminate()
             process.wait(timeout=10)
+
+
+def test_read_a_stream_applies_from_and_type_before_the_limit(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db = str(tmp_path / "read.db")
+
+    async def fill() -> None:
+        async with open_store(db) as log:
+            await log.append("company:x", [SignalRejected(signal_id=1, reason="r")] * 5)
+            await log.append("company:x", [SignalPushed(signal_id=1, notion_page_id="p")] * 5)
+
+    anyio.run(fill)
+    assert (
+        main(["read", db, "--stream", "company:x", "--from", "3", "--type", "SignalPushed", "--limit", "2", "--json"])
+        == 0
+    )
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(e["position"], e["type"]) for e in lines] == [(6, "SignalPushed"), (7, "SignalPushed")]

@@ -34,8 +34,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
 async def run(args: argparse.Namespace) -> int:
     async with open_log(args.store) as log:
         if args.stream:
-            found = [e async for e in log.read_stream(args.stream, limit=args.limit)]
-            found = [e for e in found if e.position >= args.from_position and (not args.types or e.type in args.types)]
+            found = []
+            async for event in log.read_stream(args.stream):  # filter first, then stop at the limit
+                if event.position >= args.from_position and (not args.types or event.type in args.types):
+                    found.append(event)
+                    if len(found) >= args.limit:
+                        break
         else:
             found = [
                 e async for e in log.read_all(from_position=args.from_position, limit=args.limit, types=args.types)
