@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import logging
 import uuid
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from types import TracebackType
@@ -25,7 +26,14 @@ import msgspec
 
 from eventstore import audit
 from eventstore.codec import signal_event_id
-from eventstore.errors import DuplicateEventError, InvalidEvent, InvalidTransition, NotFound, WrongExpectedVersion
+from eventstore.errors import (
+    DuplicateEventError,
+    EventStoreError,
+    InvalidEvent,
+    InvalidTransition,
+    NotFound,
+    WrongExpectedVersion,
+)
 from eventstore.events import SignalDetected, SignalPushed, SignalRejected, SuppressionSynced, company_stream
 from eventstore.model import AppendRequest, GuardedBatch, RecordedEvent, Statement
 from eventstore.store import Clock, EventStore, open_store
@@ -34,6 +42,7 @@ from projections.search import default_projections, search_ids
 
 __all__ = ("Signal", "SignalStore", "SuppressionEntry", "signal_store")
 
+log = logging.getLogger("eventstore")
 _decode_json = msgspec.json.Decoder(dict[str, Any]).decode
 _TRANSITION_RETRIES = 20
 
@@ -154,14 +163,18 @@ class SignalStore:
     async def _clean_periodically(self, interval: float) -> None:
         while True:
             await anyio.sleep(interval)
-            await self.clean_expired_cache()
+            try:
+                await self.clean_expired_cache()
+            except EventStoreError:  # housekeeping must not take the store down; the next round retries
+                log.exception("%s: cleaning expired suppression rows failed", self.log.location)
 
     @property
     def clock(self) -> Clock:
         return self.log.clock
 
-    def _meta(self, actor: str | None, correlation_id: str | None, extra: Mapping[str, Any] | None) -> dict[str, Any]:
-        meta: dict[str, Any] = dict(extra or {})
+    @staticmethod
+    def _meta(actor: str | None, correlation_id: str | None) -> dict[str, Any]:
+        meta: dict[str, Any] = {}
         if actor is not None:
             meta["actor"] = actor
         if correlation_id is not None:  # otherwise the log gives the whole call one
@@ -192,7 +205,7 @@ class SignalStore:
     ) -> int:
         """Record a detection; a duplicate (same key, type, source and detected_at) returns the existing id."""
         event = self._detected(signal_type, source_api, canonical_key, company_name, confidence, raw_data, detected_at)
-        meta = self._meta(actor, correlation_id, None)
+        meta = self._meta(actor, correlation_id)
         try:
             result = await self.log.append(company_stream(event.canonical_key), [event], metadata=meta)
         except DuplicateEventError:
@@ -231,7 +244,7 @@ class SignalStore:
         """Save many signals in one atomic append; each duplicate gets the existing id."""
         events = [s if isinstance(s, SignalDetected) else self._detected(**s) for s in signals]
         ids = [signal_event_id(e) for e in events]
-        meta = self._meta(actor, correlation_id, None)
+        meta = self._meta(actor, correlation_id)
         async with self.log.transaction():
             known = await self.log.find_positions(ids)
             by_stream: dict[str, tuple[list[SignalDetected], list[uuid.UUID]]] = {}
@@ -299,7 +312,7 @@ class SignalStore:
     ) -> bool:
         """pending -> pushed. Repeating it with the same page is a no-op; anything else conflicting raises."""
         event = SignalPushed(signal_id=signal_id, notion_page_id=notion_page_id, metadata=dict(metadata or {}))
-        return await self._transition(event, self._meta(actor, correlation_id, None))
+        return await self._transition(event, self._meta(actor, correlation_id))
 
     async def mark_rejected(
         self,
@@ -312,7 +325,7 @@ class SignalStore:
     ) -> bool:
         """pending -> rejected. Repeating it with the same reason is a no-op; anything else conflicting raises."""
         event = SignalRejected(signal_id=signal_id, reason=reason, metadata=dict(metadata or {}))
-        return await self._transition(event, self._meta(actor, correlation_id, None))
+        return await self._transition(event, self._meta(actor, correlation_id))
 
     async def _transition(self, event: SignalPushed | SignalRejected, meta: dict[str, Any]) -> bool:
         """Append ``event`` if the signal is pending; True if appended, False if it repeated the outcome."""
@@ -375,7 +388,7 @@ class SignalStore:
             expires_at = self.log.now() + dt.timedelta(days=ttl_days)
         except OverflowError as exc:  # inf, or past year 9999
             raise InvalidEvent(f"ttl_days={ttl_days!r} puts expires_at out of range", field="ttl_days") from exc
-        meta = self._meta(actor, correlation_id, None)
+        meta = self._meta(actor, correlation_id)
         requests = [
             AppendRequest(
                 stream=company_stream(entry.canonical_key),
