@@ -109,6 +109,7 @@ def app_role_sql(schema: str, role: str) -> str:
         (
             f"GRANT USAGE, CREATE ON SCHEMA {s} TO {r};",
             f"GRANT SELECT, INSERT ON {s}.events TO {r};",
+            f"GRANT EXECUTE ON FUNCTION {s}.eventstore_append TO {r};",
             f"REVOKE UPDATE, DELETE, TRUNCATE ON {s}.events FROM {r};",
             f"GRANT SELECT, INSERT ON {s}.schema_migrations TO {r};",
         )

@@ -42,6 +42,7 @@ import anyio
 import asyncpg  # the only module that imports the driver
 
 from eventstore.backends.base import Backend, PreparedAppend, WorkerLock
+from eventstore.backends.pgappend import CALL, WRITTEN, append_call_args, results_of
 from eventstore.backends.pglock import KEEPALIVES, AdvisoryLock, lock_key
 from eventstore.backends.pgtext import app_role_sql, coerce, number, numbered, parse_url, quote_ident, rowcount
 from eventstore.backends.plan import LogState, may_repeat
@@ -132,10 +133,13 @@ class PostgresBackend(Backend):
         self._settings = {
             "plan_cache_mode": "force_custom_plan",
             **(server_settings or {}),
+            # eventstore_append relies on a fresh snapshot per statement (see schema.py).
+            "default_transaction_isolation": "read committed",
             "search_path": quote_ident(self.schema),
         }
         self._channel = f"{self.schema}_events"[:63]
         schema_key = zlib.crc32(self.schema.encode()) - 2**31  # a signed int4
+        self._lock_keys = (_APPEND_LOCK, schema_key)
         self._append_lock = f"SELECT pg_advisory_xact_lock({_APPEND_LOCK}, {schema_key})"
         self._migrate_lock = f"SELECT pg_advisory_xact_lock({_MIGRATE_LOCK}, {schema_key})"
         self._pool: Any = None
@@ -338,6 +342,10 @@ class PostgresBackend(Backend):
         # the application role may only INSERT through the store (see
         # app_role_sql), never with hand-written SQL.
         items = [pending.requests for pending in group]
+        if self._hook is None:
+            outcomes = await self._append_in_one_call(items, clock)
+            if outcomes is not None:
+                return outcomes
         async with self._pooled() as conn:
             try:
                 return await self._append_transaction(conn, lambda: self._write_items(conn, items, clock))
@@ -347,6 +355,32 @@ class PostgresBackend(Backend):
             # The database refused something (a read model's constraint, say):
             # redo the group with one savepoint per caller to fail only its owner.
             return await self._append_transaction(conn, lambda: self._write_each(conn, items, clock))
+
+    async def _append_in_one_call(self, items: list[Sequence[PreparedAppend]], clock: Clock) -> list[_Outcome] | None:
+        """The group through ``eventstore_append`` (one round trip), or None: take the general path.
+
+        None when the server wrote nothing because a check needs the general
+        path (see :mod:`eventstore.backends.pgappend`). A lost connection
+        raises, as a failed COMMIT would: the outcome is unknown to us.
+        """
+        flat = [request for requests in items for request in requests]
+        args = append_call_args(flat, clock)
+        if args is None:
+            return None
+        async with self._pooled() as conn:
+            try:
+                status, first, versions = await conn.fetchrow(CALL, *self._lock_keys, self._channel, *args)
+            except asyncpg.PostgresError as exc:  # the statement failed, so nothing was written
+                log.debug("%s: one-call append refused (%s); general path", self.display_name, type(exc).__name__)
+                return None
+        if status != WRITTEN:
+            return None
+        results = results_of(flat, first, versions)
+        outcomes: list[_Outcome] = []
+        for requests in items:
+            outcomes.append(results[: len(requests)])
+            del results[: len(requests)]
+        return outcomes
 
     async def _append_transaction(self, conn: Any, work: Callable[[], Awaitable[T]]) -> T:
         await conn.execute(f"{_BEGIN}; {self._append_lock}")
