@@ -176,7 +176,8 @@ async def test_a_version_conflict_is_reported_by_the_general_path_and_writes_not
         assert await store.head_position() == 1
         # Expectations that hold go through in one call.
         one_call_only(store)
-        for hour, ok in enumerate((STREAM_EXISTS, ANY, 3), start=1):
+        holding: tuple[ExpectedVersion, ...] = (STREAM_EXISTS, ANY, 3)
+        for hour, ok in enumerate(holding, start=1):
             await store.append(A, [detected(detected_at=T0.replace(hour=hour))], expected_version=ok)
         assert await store.head_position() == 4
 
