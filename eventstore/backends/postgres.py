@@ -7,6 +7,10 @@ Why the shape:
 * Appends serialise on a transaction-scoped advisory lock and take
   ``head + 1`` as the next position; see :meth:`PostgresBackend._append_group`
   for why that, and not a sequence, is what keeps readers from skipping events.
+* Outside ``transaction()`` and without an inline hook, a group is written by
+  one call of the server function ``eventstore_append`` (one round trip; see
+  :mod:`eventstore.backends.pgappend`); the general path below runs when the
+  function declines (a version conflict, a recorded id) and inside units of work.
 * Concurrent appenders in this process are group committed as on SQLite: one
   transaction (one lock hold, one commit) for every appender that is ready,
   each request in its own SAVEPOINT so a conflict only fails its own caller.
