@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import itertools
+import logging
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -24,6 +25,8 @@ from eventstore import (
     AppendRequest,
     DuplicateEventError,
     EventStore,
+    GuardedBatch,
+    Statement,
     WrongExpectedVersion,
     company_stream,
     open_store,
@@ -224,4 +227,20 @@ async def test_writers_in_several_stores_keep_one_chain(urls: Callable[[], str])
             tg.start_soon(writer, index)
     async with open_store(url) as store:
         assert [e.position async for e in store.read_all()] == list(range(1, 201))
+        assert (await store.verify()).ok
+
+
+@pytest.mark.skipif(not POSTGRES_URL, reason=NO_POSTGRES)
+async def test_without_the_function_appends_still_work_and_the_log_says_why_once(
+    urls: Callable[[], str], caplog: pytest.LogCaptureFixture
+) -> None:
+    async with open_store(urls()) as store:
+        await store.apply([GuardedBatch(None, [Statement("DROP FUNCTION eventstore_append")])])
+        with caplog.at_level(logging.WARNING, logger="eventstore"):
+            for hour in range(3):
+                await store.append(A, [detected(detected_at=T0.replace(hour=hour))])
+        warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        assert len(warnings) == 1
+        assert "eventstore_append" in warnings[0] and "general path" in warnings[0]
+        assert [e.version async for e in store.read_stream(A)] == [1, 2, 3]
         assert (await store.verify()).ok

@@ -157,6 +157,7 @@ class PostgresBackend(Backend):
             f"postgres_tx_{id(self)}", default=None
         )
         self._appended = anyio.Event()
+        self._one_call_failed = False
 
     # -- lifecycle -------------------------------------------------------
 
@@ -375,7 +376,11 @@ class PostgresBackend(Backend):
             try:
                 status, first, versions = await conn.fetchrow(CALL, *self._lock_keys, self._channel, *args)
             except asyncpg.PostgresError as exc:  # the statement failed, so nothing was written
-                log.debug("%s: one-call append refused (%s); general path", self.display_name, type(exc).__name__)
+                # Declines come back as a status, so an error here is unexpected
+                # (the function dropped or its schema renamed, say): say so once.
+                level = logging.DEBUG if self._one_call_failed else logging.WARNING
+                self._one_call_failed = True
+                log.log(level, "%s; appending through the general path", self._driver_error(exc))
                 return None
         if status != WRITTEN:
             return None
