@@ -19,6 +19,7 @@ from eventstore.errors import (
     NotFound,
     SchemaVersionError,
     StoreClosed,
+    WorkerLockLost,
     WrongExpectedVersion,
 )
 from eventstore.events import (
@@ -73,6 +74,7 @@ __all__ = (
     "SuppressionEntry",
     "SuppressionSynced",
     "VerifyReport",
+    "WorkerLockLost",
     "WrongExpectedVersion",
     "company_stream",
     "open_store",

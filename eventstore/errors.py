@@ -13,6 +13,8 @@
      |                           event's schema_version has no upcaster path
      +-- IntegrityViolation      the log does not verify (hash chain, positions, backup file)
      +-- StoreClosed             the store was used after ``aclose()``
+     +-- WorkerLockLost          a held worker lock was lost (its connection ended);
+     |                           the block holding it was stopped
      +-- DatabaseError           the database failed in a way not listed above
                                  (driver errors are translated to this at one boundary
                                  per backend, with the original chained as ``__cause__``)
@@ -32,6 +34,7 @@ __all__ = (
     "NotFound",
     "SchemaVersionError",
     "StoreClosed",
+    "WorkerLockLost",
     "WrongExpectedVersion",
 )
 
@@ -87,6 +90,10 @@ class IntegrityViolation(EventStoreError):
 
 class StoreClosed(EventStoreError):
     """The store was used after it was closed."""
+
+
+class WorkerLockLost(EventStoreError):
+    """A worker lock held by ``worker_lock`` was lost; the block was cancelled so another worker may take over."""
 
 
 class DatabaseError(EventStoreError):

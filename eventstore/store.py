@@ -33,7 +33,14 @@ from eventstore.codec import (
     signal_event_id_bytes,
     to_micros,
 )
-from eventstore.errors import DatabaseError, DuplicateEventError, InvalidEvent, NotFound, StoreClosed
+from eventstore.errors import (
+    DatabaseError,
+    DuplicateEventError,
+    InvalidEvent,
+    NotFound,
+    StoreClosed,
+    WorkerLockLost,
+)
 from eventstore.events import Event, SignalDetected
 from eventstore.migrations import MigrationSet
 from eventstore.model import (
@@ -377,16 +384,51 @@ class EventStore:
         connection of its own). With ``wait`` it tries every ``poll_interval``
         seconds (calling ``on_wait`` once, before the first wait) and yields
         True once held; without, it yields whether it got the lock.
+
+        While held, the lock is checked every ``max(poll_interval, 1)`` seconds;
+        if it is lost (PostgreSQL: its connection ended, say the server
+        restarted), the block is cancelled and :class:`WorkerLockLost` raised,
+        so a holder never goes on working beside the worker that took over.
         """
         self._check_open()
         if not isinstance(name, str) or not name:
             raise ValueError(f"a worker lock needs a non-empty name, not {name!r}")
         lock = self._backend.worker_lock(name)
+        lost = False
         try:
-            yield await _take(lock, name, wait, poll_interval, on_wait)
+            if not await _take(lock, name, wait, poll_interval, on_wait):
+                yield False
+                return
+            holding = anyio.CancelScope()
+            failure: BaseException | None = None
+
+            async def watch() -> None:
+                nonlocal lost
+                while True:  # polling: a lost connection signals nothing we could wait on
+                    await anyio.sleep(max(poll_interval, 1.0))
+                    if not await lock.still_held():
+                        break
+                lost = True
+                holding.cancel()  # stop the holder's work: another worker may take over now
+
+            async with anyio.create_task_group() as guard:
+                guard.start_soon(watch)
+                try:
+                    with holding:
+                        yield True
+                except BaseException as exc:  # re-raised below: a task group would wrap it in an ExceptionGroup
+                    failure = exc
+                guard.cancel_scope.cancel()
+            if failure is not None:
+                raise failure
         finally:
             with anyio.CancelScope(shield=True):
                 await lock.release()
+        if lost:
+            raise WorkerLockLost(
+                f"lost the worker lock {name!r} on {self.location} (its connection ended); the work holding it "
+                "was stopped so that another worker can take over"
+            )
 
     # -- the SQL service for read models (projections, facade, audit) ----
 
@@ -435,20 +477,22 @@ class EventStore:
 async def _take(
     lock: WorkerLock, name: str, wait: bool, poll_interval: float, on_wait: Callable[[], None] | None
 ) -> bool:
-    if await lock.try_acquire():
-        return True
-    if not wait:
-        return False
-    if on_wait is not None:
-        on_wait()
+    told = False
     while True:
-        await anyio.sleep(poll_interval)
         try:
             if await lock.try_acquire():
                 return True
         except DatabaseError as exc:  # e.g. the server restarting: a standby keeps standing by
+            if not wait:
+                raise
             log.warning("worker lock %r: %s; retrying in %.1fs", name, exc, poll_interval)
             await lock.release()
+        if not wait:
+            return False
+        if not told and on_wait is not None:
+            on_wait()
+        told = True
+        await anyio.sleep(poll_interval)
 
 
 def _hash_matches(previous: bytes, row: Row) -> bool:

@@ -57,6 +57,17 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
 
 
 @pytest.fixture
+def postgres_store_url() -> Iterator[str]:
+    """A URL for an empty store on PostgreSQL only (skips without a server)."""
+    if not POSTGRES_URL:
+        pytest.skip(NO_POSTGRES)
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    separator = "&" if "?" in POSTGRES_URL else "?"
+    yield f"{POSTGRES_URL}{separator}schema={schema}"
+    _drop_schema(POSTGRES_URL, schema)
+
+
+@pytest.fixture
 def sqlite_path(tmp_path: Path) -> str:
     return str(tmp_path / "events.db")
 

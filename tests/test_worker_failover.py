@@ -20,7 +20,16 @@ import pytest
 from anyio.abc import Process
 from anyio.streams.text import TextReceiveStream
 
-from eventstore import AppendRequest, Event, EventStore, SignalPushed, SignalRejected, company_stream, open_store
+from eventstore import (
+    AppendRequest,
+    Event,
+    EventStore,
+    SignalPushed,
+    SignalRejected,
+    WorkerLockLost,
+    company_stream,
+    open_store,
+)
 from eventstore.cli._projections import PROJECTION_NAMES
 from tests.conftest import detected
 from tests.test_projections import ROOT, rebuilt_rows, table_rows
@@ -194,6 +203,87 @@ async def test_a_standby_worker_takes_over_when_the_active_one_is_killed(store_u
         incremental = await table_rows(log)
         assert len(incremental["signals"]) == detections[0][0] == 390
         assert incremental == await rebuilt_rows(log)
+
+
+# -- a holder that loses its lock ---------------------------------------------------
+
+
+async def end_lock_session(url: str, name: str) -> None:
+    """Terminate the server session holding worker lock ``name`` (what a server restart or a network cut does)."""
+    import asyncpg
+
+    from eventstore.backends.pglock import lock_key
+    from eventstore.backends.pgtext import parse_url
+
+    target = parse_url(url)
+    key = lock_key(target.schema, name) & 0xFFFF_FFFF_FFFF_FFFF
+    conn = await asyncpg.connect(target.dsn)
+    try:
+        with anyio.fail_after(10):
+            while True:
+                pids = await conn.fetch(
+                    "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 1 "
+                    "AND classid = $1::bigint::oid AND objid = $2::bigint::oid "
+                    "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+                    key >> 32,
+                    key & 0xFFFF_FFFF,
+                )
+                if pids:
+                    break
+                await anyio.sleep(0.05)
+        assert len(pids) == 1
+        assert await conn.fetchval("SELECT pg_terminate_backend($1)", pids[0][0])
+    finally:
+        await conn.close()
+
+
+async def test_work_under_the_lock_is_stopped_when_the_lock_is_lost(postgres_store_url: str) -> None:
+    """PostgreSQL only: a flock cannot be taken away from a living holder."""
+    store_url = postgres_store_url
+    async with open_store(store_url) as log, open_store(store_url) as standby:
+        with anyio.fail_after(TAKEOVER_TIMEOUT), pytest.raises(WorkerLockLost, match=LOCK):
+            async with log.worker_lock(LOCK, poll_interval=0.05) as held:
+                assert held
+                await end_lock_session(store_url, LOCK)
+                await anyio.sleep_forever()  # cancelled by the lock's watchdog
+        async with standby.worker_lock(LOCK, wait=False) as held:
+            assert held  # the lost lock really is free
+
+
+async def test_errors_and_cancellation_pass_through_the_lock_unchanged(store_url: str) -> None:
+    async with open_store(store_url) as log:
+        with pytest.raises(KeyError):
+            async with log.worker_lock(LOCK):
+                raise KeyError("inside")
+        async with log.worker_lock(LOCK, wait=False) as held:
+            assert held  # released on the way out
+        with anyio.move_on_after(0.2) as outer:
+            async with log.worker_lock(LOCK):
+                await anyio.sleep_forever()
+        assert outer.cancelled_caught  # an outer cancellation ends the block as usual...
+        async with log.worker_lock(LOCK, wait=False) as held:
+            assert held  # ... and frees the lock
+
+
+async def test_a_worker_that_loses_its_lock_stands_by_and_resumes_without_double_applying(
+    postgres_store_url: str,
+) -> None:
+    store_url = postgres_store_url
+    async with open_store(store_url) as log:
+        await write(log, 0, 30)
+        worker, err, lines = await start_worker(store_url)
+        try:
+            await read_until(err, "following", lines)
+            await write(log, 30, 200)
+            await end_lock_session(store_url, "projections")
+            await read_until(err, "standing by", lines, timeout=TAKEOVER_TIMEOUT)
+            await write(log, 230, 30)
+            del lines[:]
+            await read_until(err, "following", lines, timeout=TAKEOVER_TIMEOUT)  # it took the free lock again
+            await caught_up(log)
+        finally:
+            await stop(worker)
+        assert await table_rows(log) == await rebuilt_rows(log)
 
 
 if __name__ == "__main__":

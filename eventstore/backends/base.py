@@ -86,6 +86,10 @@ class WorkerLock(abc.ABC):
     async def release(self) -> None:
         """Give the lock up (if held) and free the handle's resources. Idempotent."""
 
+    @abc.abstractmethod
+    async def still_held(self) -> bool:
+        """True while this handle holds the lock; False once it is lost (e.g. its connection ended)."""
+
 
 class Backend(abc.ABC):
     """What a storage backend provides. One instance per open store."""

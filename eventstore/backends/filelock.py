@@ -47,6 +47,9 @@ class FileLock(WorkerLock):
         os.pwrite(self._fd, f"{os.getpid()}\n".encode(), 0)
         return True
 
+    async def still_held(self) -> bool:
+        return self._held  # a flock lasts as long as the descriptor, which only release() closes
+
     async def release(self) -> None:
         fd, self._fd, self._held = self._fd, None, False
         if fd is not None:
@@ -64,6 +67,9 @@ class MemoryLock(WorkerLock):
         if not self._held and self._name not in self._taken:
             self._taken.add(self._name)
             self._held = True
+        return self._held
+
+    async def still_held(self) -> bool:
         return self._held
 
     async def release(self) -> None:

@@ -27,6 +27,8 @@ from eventstore.backends.base import WorkerLock
 
 __all__ = ("KEEPALIVES", "AdvisoryLock", "lock_key")
 
+#: Seconds a health check of a held lock may take before the lock counts as lost.
+HEALTH_TIMEOUT = 5.0
 #: Server settings for the lock's connection: a vanished peer is noticed after ~10 + 5 x 3 s.
 KEEPALIVES = {"tcp_keepalives_idle": "10", "tcp_keepalives_interval": "5", "tcp_keepalives_count": "3"}
 
@@ -59,6 +61,19 @@ class AdvisoryLock(WorkerLock):
                 self._conn = await self._connect()
             self._held = bool(await self._conn.fetchval("SELECT pg_try_advisory_lock($1)", self._key))
         return self._held
+
+    async def still_held(self) -> bool:
+        """The session lock lives as long as its connection: ask the server whether the session is still there."""
+        if not self._held or self._conn is None or self._conn.is_closed():
+            self._held = False
+            return False
+        try:
+            with anyio.fail_after(HEALTH_TIMEOUT):
+                await self._conn.fetchval("SELECT 1")
+        except Exception:  # any failure means we can no longer vouch for the lock: treat it as lost
+            await self.release()
+            return False
+        return True
 
     async def release(self) -> None:
         conn, self._conn, self._held = self._conn, None, False

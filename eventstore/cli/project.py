@@ -2,7 +2,8 @@
 
 A following worker first takes the worker lock (see ``WORKER_LOCK``); a second
 worker started meanwhile stands by, polling the lock every ``--poll-interval``
-seconds, and takes over when the active one exits or dies. A worker never
+seconds, and takes over when the active one exits or dies. An active worker
+that loses the lock (its connection ended) stops and stands by again. A worker never
 installs the inline hook: it is its own process, and writers apply inline
 themselves or not at all.
 """
@@ -16,6 +17,7 @@ from collections.abc import Sequence
 
 from eventstore.cli._common import add_json, add_store, command_main, console, emit_json, open_log
 from eventstore.cli._projections import runner_for, status_rows, status_table
+from eventstore.errors import WorkerLockLost
 from projections import ProjectionRunner
 
 NAME = "project"
@@ -25,8 +27,8 @@ HELP = "run the projection runner: catch up once, or --follow to keep projecting
 # projection's checkpoint in the same transaction per batch, so a worker always works on all of
 # them, and per-projection locks would only add a lock order and workers holding a partial set,
 # for no parallelism this runner can use. The lock saves duplicated work; exactly-once itself
-# rests on the guarded checkpoint advances, so even an overlap (say, a holder whose connection
-# dropped) applies nothing twice.
+# rests on the guarded checkpoint advances, so even an overlap (a holder whose lock connection
+# dropped, in the few seconds before its watchdog stops it) applies nothing twice.
 WORKER_LOCK = "projections"
 
 
@@ -48,13 +50,18 @@ async def run(args: argparse.Namespace) -> int:
         def standby() -> None:
             say(f"standby: another worker holds the {WORKER_LOCK!r} lock on {log.location}; waiting to take over")
 
-        async with log.worker_lock(WORKER_LOCK, poll_interval=args.poll_interval, on_wait=standby):
-            say(f"active: holding the {WORKER_LOCK!r} lock on {log.location} (pid {os.getpid()})")
-            runner = runner_for(log)
-            await catch_up(runner, args)
-            say(f"following {log.location}; Ctrl-C stops")
-            await runner.follow(poll_interval=args.poll_interval, wake_on_append=True)
-    return 0
+        while True:
+            try:
+                async with log.worker_lock(WORKER_LOCK, poll_interval=args.poll_interval, on_wait=standby):
+                    say(f"active: holding the {WORKER_LOCK!r} lock on {log.location} (pid {os.getpid()})")
+                    runner = runner_for(log)
+                    await catch_up(runner, args)
+                    say(f"following {log.location}; Ctrl-C stops")
+                    await runner.follow(poll_interval=args.poll_interval, wake_on_append=True)
+                return 0
+            except WorkerLockLost as exc:
+                # Stopped mid-work is safe: each batch commits with its checkpoint or not at all.
+                say(f"{exc}; standing by")
 
 
 async def catch_up(runner: ProjectionRunner, args: argparse.Namespace) -> None:
