@@ -315,3 +315,26 @@ async def test_payloads_are_never_logged_above_debug(sqlite_path: str, caplog: p
             await log.append(A, [detected(raw_data={"token": secret})], metadata={"note": secret})
             _ = [e async for e in log.read_all()]
     assert not [r for r in caplog.records if r.levelno > logging.DEBUG and secret in r.getMessage()]
+
+
+async def test_concurrent_appenders_share_one_transaction_and_a_lone_one_commits_alone(sqlite_path: str) -> None:
+    """Group commit: appenders ready together go in one transaction; an appender alone is not held back."""
+    async with open_store(sqlite_path) as log:
+        backend: Any = log.backend
+        groups: list[int] = []
+        append_group = backend._append_group
+
+        def counted(conn: sqlite3.Connection, group: list[Any], clock: Any) -> Any:
+            groups.append(len(group))
+            return append_group(conn, group, clock)
+
+        backend._append_group = counted
+        async with anyio.create_task_group() as tg:
+            for i in range(16):
+                tg.start_soon(log.append, f"s:{i}", [pushed(i + 1)])
+        assert groups == [16]
+        del groups[:]
+        for i in range(3):
+            await log.append(A, [pushed(100 + i)])
+        assert groups == [1, 1, 1]
+        assert [e.position async for e in log.read_all()] == list(range(1, 20))
