@@ -18,6 +18,9 @@ Why the shape (measured on the 2-core target machine, see README "Performance"):
   ``head + 1`` under the lock: contiguous and in commit order, and a reader
   paging by position can never skip a late commit.
 * Reads use their own connection: under WAL they never wait behind a write.
+
+What runs on a connection (the state read, batches, error translation, the
+background checkpointer) lives in :mod:`eventstore.backends.sqliteops`.
 """
 
 from __future__ import annotations
@@ -28,7 +31,6 @@ import contextvars
 import functools
 import logging
 import sqlite3
-import threading
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, TypeVar
@@ -42,17 +44,31 @@ from eventstore.backends.base import (
     WorkerLock,
 )
 from eventstore.backends.filelock import FileLock, MemoryLock, lock_path
-from eventstore.backends.plan import LogState, may_repeat
-from eventstore.codec import GENESIS_HASH
+from eventstore.backends.sqliteops import (
+    CHECKPOINT_CHANGES,
+    COLUMNS,
+    INSERT,
+    Checkpointer,
+    checkpoint_first,
+    commit,
+    fetch_positions,
+    fetchall,
+    find_ids,
+    is_busy,
+    migrate_one,
+    read_state,
+    rollback,
+    run_batches,
+    translate,
+    translated,
+)
 from eventstore.errors import (
     DatabaseError,
-    DuplicateEventError,
     EventStoreError,
-    SchemaVersionError,
     StoreClosed,
 )
 from eventstore.migrations import MigrationSet
-from eventstore.model import AppendResult, GuardedBatch, InlineHook, RecordedEvent, Row, Statement
+from eventstore.model import AppendResult, GuardedBatch, InlineHook, RecordedEvent, Row
 
 __all__ = ("SqliteBackend",)
 
@@ -60,26 +76,8 @@ log = logging.getLogger("eventstore")
 T = TypeVar("T")
 Clock = Callable[[], int]
 
-_COLUMNS = "position, event_id, stream, version, type, schema_version, recorded_at, metadata, data, hash"
-_INSERT = f"INSERT INTO events ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-_STREAM_VERSION = "SELECT max(version) FROM events WHERE stream = ?"
-_HEAD = "SELECT position, hash, recorded_at FROM events ORDER BY position DESC LIMIT 1"
-# The head, the first stream's version and whether a lone event's id is known, in one
-# statement: each statement is ~4 µs of a ~40 µs single-event transaction. No row = empty log.
-_PROBE = (
-    "SELECT position, hash, recorded_at, (SELECT max(version) FROM events WHERE stream = ?), "
-    "(SELECT position FROM events WHERE event_id = ?) FROM events ORDER BY position DESC LIMIT 1"
-)
 _SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
-_ID_CHUNK = 500
-# ~650-byte events: ~4000 rows is ~600 pages of WAL, below SQLite's default autocheckpoint of 1000.
-_CHECKPOINT_CHANGES = 4000
 _BACKSTOP_CHECKPOINT_PAGES = 20_000
-
-
-def _is_busy(exc: sqlite3.Error) -> bool:
-    text = str(exc).lower()
-    return "locked" in text or "busy" in text
 
 
 class _WouldBlock(Exception):
@@ -124,7 +122,7 @@ class SqliteBackend(Backend):
         self._queue: list[_Pending] = []
         self._hook: InlineHook | None = None
         self._in_tx: contextvars.ContextVar[int] = contextvars.ContextVar(f"sqlite_tx_{id(self)}", default=0)
-        self._checkpointer: _Checkpointer | None = None
+        self._checkpointer: Checkpointer | None = None
         self._changes_at_checkpoint = 0
         self._checkpoint_due = False
         # Created by the first waiter, set and dropped by the next commit: no Event per commit.
@@ -140,7 +138,7 @@ class SqliteBackend(Backend):
             if not self._memory:
                 self._reader = await self._connect(busy_timeout=self.busy_timeout)
                 await self._thread(self._reader, self._configure, False)
-                self._checkpointer = _Checkpointer(self.path, self.synchronous, self._checkpoint_done)
+                self._checkpointer = Checkpointer(self.path, self.synchronous, self._checkpoint_done)
         except (sqlite3.Error, EventStoreError) as exc:
             await self.aclose()
             raise DatabaseError(f"cannot open SQLite database {self.path}: {exc}") from exc
@@ -171,7 +169,7 @@ class SqliteBackend(Backend):
         # temp file beyond that. MEMORY made dropping an old projection generation hold every
         # freed page in RAM (+78 MiB at 200k events, +325 MiB at 1M: measured).
         if writer and not self._memory:
-            # Checkpoints run on the checkpointer's thread (see _Checkpointer); the automatic
+            # Checkpoints run on the checkpointer's thread (see Checkpointer); the automatic
             # one inside COMMIT stays only as a backstop far above the checkpointer's trigger.
             conn.execute(f"PRAGMA wal_autocheckpoint={_BACKSTOP_CHECKPOINT_PAGES}")
 
@@ -202,14 +200,14 @@ class SqliteBackend(Backend):
     async def _thread(self, aconn: aiosqlite.Connection | None, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn(conn, *args)`` on the connection's aiosqlite thread (for work that may wait)."""
         owner, conn = self._conn(aconn)
-        with _translated(self.path):
+        with translated(self.path):
             # _execute is aiosqlite's "run this on the connection thread": one hop for a whole transaction.
             return await owner._execute(fn, conn, *args)  # type: ignore[no-any-return,no-untyped-call]
 
     def _inline(self, aconn: aiosqlite.Connection | None, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn(conn, *args)`` right here; only for work that cannot block."""
         _, conn = self._conn(aconn)
-        with _translated(self.path):
+        with translated(self.path):
             return fn(conn, *args)
 
     async def _write(self, work: Callable[[sqlite3.Connection], T]) -> T:
@@ -236,14 +234,14 @@ class SqliteBackend(Backend):
             result = work(conn)
             conn.execute("COMMIT")
         except BaseException:
-            _rollback(conn)
+            rollback(conn)
             raise
         self._committed(conn)
         return result
 
     def _committed(self, conn: sqlite3.Connection) -> None:
         """After a commit: wake the checkpointer once enough rows went into the WAL."""
-        if self._checkpointer is not None and conn.total_changes - self._changes_at_checkpoint >= _CHECKPOINT_CHANGES:
+        if self._checkpointer is not None and conn.total_changes - self._changes_at_checkpoint >= CHECKPOINT_CHANGES:
             self._changes_at_checkpoint = conn.total_changes
             self._checkpointer.request()
 
@@ -256,7 +254,7 @@ class SqliteBackend(Backend):
             try:
                 conn.execute("BEGIN IMMEDIATE")
             except sqlite3.OperationalError as exc:
-                if _is_busy(exc):
+                if is_busy(exc):
                     raise _WouldBlock from exc
                 raise
             return
@@ -274,7 +272,7 @@ class SqliteBackend(Backend):
             try:
                 return fn()
             except sqlite3.OperationalError as exc:
-                if not _is_busy(exc):
+                if not is_busy(exc):
                     raise
                 if time.monotonic() > deadline:
                     raise DatabaseError(
@@ -354,7 +352,7 @@ class SqliteBackend(Backend):
     def _append_planned(
         self, conn: sqlite3.Connection, items: list[Sequence[PreparedAppend]], clock: Clock
     ) -> list[list[AppendResult] | BaseException]:
-        state = _read_state(conn, items)
+        state = read_state(conn, items)
         outcomes: list[list[AppendResult] | BaseException] = []
         rows: list[Row] = []
         recorded: list[RecordedEvent] = []
@@ -368,11 +366,11 @@ class SqliteBackend(Backend):
             rows += item_rows
             recorded += item_recorded
         if len(rows) == 1:
-            conn.execute(_INSERT, rows[0])  # executemany costs ~2 µs more for one row
+            conn.execute(INSERT, rows[0])  # executemany costs ~2 µs more for one row
         elif rows:
-            conn.executemany(_INSERT, rows)
+            conn.executemany(INSERT, rows)
         if recorded and self._hook is not None:
-            _run_batches(conn, self._hook(recorded))
+            run_batches(conn, self._hook(recorded))
         return outcomes
 
     def _append_each(
@@ -385,7 +383,7 @@ class SqliteBackend(Backend):
                 outcomes.append(self._append_item(conn, requests, clock))
             except (EventStoreError, sqlite3.IntegrityError) as exc:
                 conn.execute("ROLLBACK TO es_item")
-                outcomes.append(_translate(exc, self.path))
+                outcomes.append(translate(exc, self.path))
             conn.execute("RELEASE es_item")
         return outcomes
 
@@ -413,13 +411,13 @@ class SqliteBackend(Backend):
                 yield
             except BaseException:
                 self._in_tx.reset(token)
-                self._inline(self._writer, _rollback)
+                self._inline(self._writer, rollback)
                 raise
             self._in_tx.reset(token)
             try:
-                await self._run_writer(_commit)
+                await self._run_writer(commit)
             except BaseException:
-                self._inline(self._writer, _rollback)
+                self._inline(self._writer, rollback)
                 raise
             self._inline(self._writer, self._committed)
             self._notify()
@@ -435,7 +433,7 @@ class SqliteBackend(Backend):
                 pass
         if finish_checkpoint:
             self._checkpoint_due = False
-            fn = functools.partial(_checkpoint_first, fn)
+            fn = functools.partial(checkpoint_first, fn)
         with anyio.CancelScope(shield=True):
             result = await self._thread(self._writer, fn, True)
         return result
@@ -456,16 +454,16 @@ class SqliteBackend(Backend):
 
     async def apply(self, batches: Sequence[GuardedBatch]) -> list[bool]:
         if self._in_tx.get():
-            return await self._write(lambda c: _run_batches(c, batches))
+            return await self._write(lambda c: run_batches(c, batches))
         async with self._lock:
-            return await self._write(lambda c: _run_batches(c, batches))
+            return await self._write(lambda c: run_batches(c, batches))
 
     # -- reads -----------------------------------------------------------
 
     async def read_all(
         self, from_position: int, limit: int, types: Sequence[str] | None, stream_prefix: str | None
     ) -> list[Row]:
-        sql = f"SELECT {_COLUMNS} FROM events WHERE position >= ?"
+        sql = f"SELECT {COLUMNS} FROM events WHERE position >= ?"
         params: list[Any] = [from_position]
         if types is not None:
             sql += f" AND type IN ({', '.join('?' * len(types))})"
@@ -475,38 +473,29 @@ class SqliteBackend(Backend):
             params.extend((stream_prefix, stream_prefix + "\U0010ffff"))
         sql += " ORDER BY position LIMIT ?"
         params.append(limit)
-        return await self._read(_fetchall, sql, params)
+        return await self._read(fetchall, sql, params)
 
     async def read_stream(self, stream: str, from_version: int, backwards: bool, limit: int) -> list[Row]:
         op, order = ("<=", "DESC") if backwards else (">=", "ASC")
-        sql = f"SELECT {_COLUMNS} FROM events WHERE stream = ? AND version {op} ? ORDER BY version {order} LIMIT ?"
-        return await self._read(_fetchall, sql, (stream, from_version, limit))
+        sql = f"SELECT {COLUMNS} FROM events WHERE stream = ? AND version {op} ? ORDER BY version {order} LIMIT ?"
+        return await self._read(fetchall, sql, (stream, from_version, limit))
 
     async def read_positions(self, positions: Sequence[int]) -> list[Row]:
-        def fetch(conn: sqlite3.Connection) -> list[Row]:
-            rows: list[Row] = []
-            for start in range(0, len(positions), _ID_CHUNK):
-                chunk = positions[start : start + _ID_CHUNK]
-                rows += conn.execute(
-                    f"SELECT {_COLUMNS} FROM events WHERE position IN ({', '.join('?' * len(chunk))})", chunk
-                ).fetchall()
-            return sorted(rows)
-
-        return await self._read(fetch)
+        return await self._read(fetch_positions, positions)
 
     async def head(self) -> int:
-        rows = await self._read(_fetchall, "SELECT max(position) FROM events", ())
+        rows = await self._read(fetchall, "SELECT max(position) FROM events", ())
         return int(rows[0][0] or 0)
 
     async def stream_version(self, stream: str) -> int:
-        rows = await self._read(_fetchall, "SELECT max(version) FROM events WHERE stream = ?", (stream,))
+        rows = await self._read(fetchall, "SELECT max(version) FROM events WHERE stream = ?", (stream,))
         return int(rows[0][0] or 0)
 
     async def find_event_ids(self, event_ids: Sequence[bytes]) -> list[Row]:
-        return await self._read(_find_ids, list(event_ids))
+        return await self._read(find_ids, list(event_ids))
 
     async def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        return await self._read(_fetchall, sql, params)
+        return await self._read(fetchall, sql, params)
 
     async def wait_for_append(self, timeout: float) -> None:
         # In-process appends wake us at once; other processes' appends are seen
@@ -522,36 +511,11 @@ class SqliteBackend(Backend):
         applied: list[str] = []
         while True:
             async with self._lock:
-                step = await self._write(lambda c: self._migrate_one(c, migrations))
+                step = await self._write(lambda c: migrate_one(c, migrations, self.path))
             if step is None:
                 return applied
             log.info("%s: applied migration %s #%d %s", self.path, migrations.name, step[0], step[1])
             applied.append(step[1])
-
-    def _migrate_one(self, conn: sqlite3.Connection, migrations: MigrationSet) -> tuple[int, str] | None:
-        conn.execute(
-            "CREATE TABLE IF NOT EXISTS schema_migrations (set_name TEXT NOT NULL, version INTEGER NOT NULL, "
-            "name TEXT NOT NULL, applied_at TEXT NOT NULL, PRIMARY KEY (set_name, version))"
-        )
-        done = conn.execute(
-            "SELECT coalesce(max(version), 0) FROM schema_migrations WHERE set_name = ?", (migrations.name,)
-        ).fetchone()[0]
-        if done > migrations.latest:
-            raise SchemaVersionError(
-                f"{self.path} was written by a newer eventstore: migration set '{migrations.name}' is at "
-                f"step {done}, this code knows {migrations.latest}; upgrade eventstore to open it"
-            )
-        pending = migrations.pending(done)
-        if not pending:
-            return None
-        step = pending[0]
-        for sql in step.statements(self.dialect):
-            conn.execute(sql)
-        conn.execute(
-            "INSERT INTO schema_migrations VALUES (?, ?, ?, strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))",
-            (migrations.name, step.version, step.name),
-        )
-        return step.version, step.name
 
     async def applied_migrations(self) -> dict[str, int]:
         rows = await self.query("SELECT set_name, max(version) FROM schema_migrations GROUP BY set_name")
@@ -579,10 +543,6 @@ class SqliteBackend(Backend):
                 await self._thread(self._writer, lambda c: c.execute("PRAGMA wal_checkpoint(TRUNCATE)"))
 
 
-def _fetchall(conn: sqlite3.Connection, sql: str, params: Sequence[Any]) -> list[Any]:
-    return conn.execute(sql, params).fetchall()
-
-
 def _others_ready() -> bool:
     """Whether another callback is ready to run on this asyncio loop (True when the loop cannot tell).
 
@@ -592,171 +552,3 @@ def _others_ready() -> bool:
     """
     ready = getattr(asyncio.get_running_loop(), "_ready", None)  # CPython's BaseEventLoop; uvloop has none
     return ready is None or len(ready) > 0
-
-
-def _read_state(conn: sqlite3.Connection, items: list[Sequence[PreparedAppend]]) -> LogState:
-    """The head, every touched stream's version and the rows of ids that may be known."""
-    if len(items) == 1 and len(items[0]) == 1:
-        return _read_state_of_one(conn, items[0][0])
-    head = conn.execute(_HEAD).fetchone() or (0, GENESIS_HASH, 0)
-    streams = list(dict.fromkeys(request.stream for requests in items for request in requests))
-    # One probe per stream: max(version) over an IN list would scan each stream's whole index range.
-    versions = {stream: conn.execute(_STREAM_VERSION, (stream,)).fetchone()[0] or 0 for stream in streams}
-    ids = [e.event_id for requests in items for request in requests if may_repeat(request) for e in request.events]
-    known = {bytes(row[1]): row for row in _find_ids(conn, ids)} if ids else {}
-    return LogState((head[0], head[1], head[2]), versions, known)
-
-
-def _read_state_of_one(conn: sqlite3.Connection, request: PreparedAppend) -> LogState:
-    """The common case, one request: head, version and a lone event's id in one statement."""
-    lone = request.events[0] if len(request.events) == 1 else None
-    probe_id = lone.event_id if lone is not None and lone.known_id_possible else None
-    row = conn.execute(_PROBE, (request.stream, probe_id)).fetchone()
-    if row is None:  # an empty log: no stream and no id can exist yet
-        return LogState((0, GENESIS_HASH, 0), {}, {})
-    maybe_known = row[4] is not None if lone is not None else may_repeat(request)
-    ids = [event.event_id for event in request.events] if maybe_known else []
-    known = {bytes(r[1]): r for r in _find_ids(conn, ids)} if ids else {}
-    return LogState((row[0], row[1], row[2]), {request.stream: row[3] or 0}, known)
-
-
-def _find_ids(conn: sqlite3.Connection, event_ids: list[bytes]) -> list[Row]:
-    rows: list[Row] = []
-    for start in range(0, len(event_ids), _ID_CHUNK):
-        chunk = event_ids[start : start + _ID_CHUNK]
-        rows += conn.execute(
-            f"SELECT {_COLUMNS} FROM events WHERE event_id IN ({', '.join('?' * len(chunk))})", chunk
-        ).fetchall()
-    return rows
-
-
-def _run_batches(conn: sqlite3.Connection, batches: Sequence[GuardedBatch]) -> list[bool]:
-    held: list[bool] = []
-    for guard, statements, on_skip in batches:
-        if guard is not None and conn.execute(guard.sql, guard.params).rowcount != 1:
-            held.append(False)
-            if on_skip is not None:
-                on_skip()
-            continue
-        _execute_grouped(conn, statements)
-        held.append(True)
-    return held
-
-
-def _execute_grouped(conn: sqlite3.Connection, statements: Sequence[Statement]) -> None:
-    """Run statements in order; runs of the same SQL go through one executemany."""
-    index, count = 0, len(statements)
-    while index < count:
-        sql = statements[index].sql
-        end = index + 1
-        while end < count and statements[end].sql == sql:
-            end += 1
-        if end - index == 1:
-            conn.execute(sql, statements[index].params)
-        else:
-            conn.executemany(sql, [s.params for s in statements[index:end]])
-        index = end
-
-
-def _commit(conn: sqlite3.Connection, wait: bool) -> None:
-    conn.execute("COMMIT")
-
-
-def _checkpoint_first(fn: Callable[[sqlite3.Connection, bool], T], conn: sqlite3.Connection, wait: bool) -> T:
-    # The checkpointer copied the WAL in the background; what was committed since is
-    # little. Completing it here, with no transaction of ours open, lets the next
-    # write restart the WAL from its beginning instead of growing it.
-    conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
-    return fn(conn, wait)
-
-
-class _Checkpointer:
-    """Checkpoints the WAL on its own thread and connection.
-
-    SQLite's automatic checkpoint runs inside the COMMIT that crosses
-    ``wal_autocheckpoint`` pages: it copies ~4 MB into the database file and
-    fsyncs it — a blocking wait on the event loop thread, and ~25% of raw
-    sqlite3's single-append time here. Instead the writer wakes this thread
-    every ``_CHECKPOINT_CHANGES`` rows; it runs a PASSIVE checkpoint (which
-    never waits for readers or writers) in parallel with further appends, then
-    asks the writer to finish it on the writer's aiosqlite thread (a few pages:
-    the frames committed meanwhile), so the WAL is restarted rather than grown.
-    """
-
-    def __init__(self, path: str, synchronous: str, done: Callable[[], None]) -> None:
-        self._path, self._synchronous, self._done = path, synchronous, done
-        self._wake = threading.Event()
-        self._closing = False
-        self._thread = threading.Thread(target=self._run, name=f"eventstore-checkpoint:{path}", daemon=True)
-        self._thread.start()
-
-    def request(self) -> None:
-        self._wake.set()
-
-    def close(self) -> None:
-        """Stop and join the thread (blocking: call it from a worker thread)."""
-        self._closing = True
-        self._wake.set()
-        self._thread.join()
-
-    def _run(self) -> None:
-        try:
-            conn = sqlite3.connect(self._path, isolation_level=None, uri=self._path.startswith("file:"))
-            conn.execute(f"PRAGMA synchronous={self._synchronous}")
-        except sqlite3.Error as exc:
-            log.warning("%s: no background checkpoints (%s); SQLite checkpoints inside commits", self._path, exc)
-            return
-        try:
-            while True:
-                self._wake.wait()
-                self._wake.clear()
-                if self._closing:
-                    return
-                try:
-                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
-                except sqlite3.Error as exc:
-                    log.warning("%s: background checkpoint failed: %s", self._path, exc)
-                    continue
-                self._done()
-        finally:
-            conn.close()
-
-
-class _translated:
-    """The one boundary where sqlite3 errors become EventStoreErrors.
-
-    A class, not @contextmanager: entered on every inline call, where the
-    generator version costs ~1.5 µs.
-    """
-
-    __slots__ = ("path",)
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:
-        path = self.path
-        if isinstance(exc, sqlite3.IntegrityError):
-            raise _translate(exc, path) from exc
-        if isinstance(exc, sqlite3.Error):
-            raise DatabaseError(f"SQLite error on {path}: {exc}") from exc
-        if isinstance(exc, ValueError) and ("closed" in str(exc).lower() or "no active connection" in str(exc)):
-            raise StoreClosed(f"the store on {path} is closed") from exc
-
-
-def _rollback(conn: sqlite3.Connection) -> None:
-    if conn.in_transaction:
-        conn.execute("ROLLBACK")
-
-
-def _translate(exc: BaseException, path: str) -> BaseException:
-    if isinstance(exc, sqlite3.IntegrityError):
-        # Only a repeated event id is a duplicate; the append-only triggers and read
-        # models' own constraints are not (they must not look like an idempotency hit).
-        if "events.event_id" in str(exc):
-            return DuplicateEventError(f"event id already recorded in {path}: {exc}")
-        return DatabaseError(f"constraint failed in {path}: {exc}")
-    return exc
