@@ -12,9 +12,17 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
-__all__ = ("Migration", "MigrationSet")
+from eventstore.errors import SchemaVersionError
+
+__all__ = ("MIGRATIONS_TABLE", "Migration", "MigrationSet")
 
 StepFn = Callable[[str], Sequence[str]]
+
+#: Where each backend records applied steps (the same DDL on SQLite and PostgreSQL).
+MIGRATIONS_TABLE = (
+    "CREATE TABLE IF NOT EXISTS schema_migrations (set_name TEXT NOT NULL, version INTEGER NOT NULL, "
+    "name TEXT NOT NULL, applied_at TEXT NOT NULL, PRIMARY KEY (set_name, version))"
+)
 
 
 class Migration(NamedTuple):
@@ -41,3 +49,13 @@ class MigrationSet:
 
     def pending(self, applied: int) -> list[Migration]:
         return self.steps[applied:]
+
+    def next_step(self, applied: int, where: str) -> Migration | None:
+        """The step after ``applied`` (None when up to date); refuses a database written by newer code."""
+        if applied > self.latest:
+            raise SchemaVersionError(
+                f"{where} was written by a newer eventstore: migration set '{self.name}' is at "
+                f"step {applied}, this code knows {self.latest}; upgrade eventstore to open it"
+            )
+        pending = self.pending(applied)
+        return pending[0] if pending else None

@@ -48,18 +48,28 @@ import asyncpg  # the only module that imports the driver
 from eventstore.backends.base import Backend, PreparedAppend, WorkerLock
 from eventstore.backends.pgappend import CALL, WRITTEN, append_call_args, results_of
 from eventstore.backends.pglock import KEEPALIVES, AdvisoryLock, lock_key
-from eventstore.backends.pgtext import app_role_sql, coerce, number, numbered, parse_url, quote_ident, rowcount
-from eventstore.backends.plan import LogState, may_repeat
-from eventstore.codec import GENESIS_HASH
+from eventstore.backends.pgops import (
+    INSERT,
+    SELECT,
+    cause,
+    find_ids,
+    init_connection,
+    migrate_one,
+    no_reset,
+    portable,
+    read_state,
+    run_batches,
+    tuples,
+)
+from eventstore.backends.pgtext import app_role_sql, parse_url, quote_ident
 from eventstore.errors import (
     DatabaseError,
     DuplicateEventError,
     EventStoreError,
-    SchemaVersionError,
     StoreClosed,
 )
 from eventstore.migrations import MigrationSet
-from eventstore.model import AppendResult, GuardedBatch, InlineHook, Row, Statement
+from eventstore.model import AppendResult, GuardedBatch, InlineHook, Row
 
 __all__ = ("PostgresBackend", "app_role_sql")  # app_role_sql lives in pgtext; re-exported here
 
@@ -68,21 +78,6 @@ T = TypeVar("T")
 Clock = Callable[[], int]
 _Outcome = list[AppendResult] | BaseException  # one caller's share of a group commit
 
-_COLUMNS = "position, event_id, stream, version, type, schema_version, recorded_at, metadata, data, hash"
-_SELECT = f"SELECT {_COLUMNS} FROM events"
-# One round trip per group: the head of the log, each stream's version (in the
-# order given; one index probe each), and whether any of the given ids exists.
-_STATE = """SELECT h.position, h.hash, h.recorded_at,
-       (SELECT array_agg(coalesce((SELECT max(version) FROM events WHERE stream = u.stream), 0) ORDER BY u.i)
-          FROM unnest($1::text[]) WITH ORDINALITY AS u(stream, i)),
-       EXISTS (SELECT 1 FROM events WHERE event_id = ANY($2::bytea[]))
-FROM (SELECT 1) AS one
-LEFT JOIN LATERAL (SELECT position, hash, recorded_at FROM events ORDER BY position DESC LIMIT 1) AS h ON true"""
-_INSERT = f"""WITH written AS (
-    INSERT INTO events ({_COLUMNS})
-    SELECT * FROM unnest($1::bigint[], $2::bytea[], $3::text[], $4::bigint[], $5::text[],
-                         $6::integer[], $7::bigint[], $8::bytea[], $9::bytea[], $10::bytea[])
-) SELECT pg_notify($11, $12)"""
 _BEGIN = "BEGIN ISOLATION LEVEL READ COMMITTED"
 # Lock classes for the two-key advisory locks; the second key is the schema's CRC.
 _APPEND_LOCK = 0x45_53_41_50  # "ESAP"
@@ -170,8 +165,8 @@ class PostgresBackend(Backend):
                     max_size=self._pool_size[1],
                     timeout=self._connect_timeout,
                     server_settings=self._settings,
-                    init=_init_connection,
-                    reset=_no_reset,
+                    init=init_connection,
+                    reset=no_reset,
                 )
             await self._write(self._create_schema, lock=self._migrate_lock)
             await self.migrate(log_migrations)
@@ -210,11 +205,11 @@ class PostgresBackend(Backend):
         except EventStoreError:
             raise
         except asyncpg.PostgresError as exc:
-            raise self._driver_error(exc) from _cause(exc, self._target.password)
+            raise self._driver_error(exc) from cause(exc, self._target.password)
         except (asyncpg.InterfaceError, OSError, TimeoutError) as exc:
             if isinstance(exc, asyncpg.InterfaceError) and "closed" in str(exc).lower():
                 raise StoreClosed(f"the store on {self.display_name} is closed") from exc
-            raise self._error(DatabaseError, doing, exc) from _cause(exc, self._target.password)
+            raise self._error(DatabaseError, doing, exc) from cause(exc, self._target.password)
 
     def _driver_error(self, exc: BaseException) -> EventStoreError:
         # Only a repeated event id is a duplicate; read models' own constraints are
@@ -414,7 +409,7 @@ class PostgresBackend(Backend):
 
     async def _write_items(self, conn: Any, items: list[Sequence[PreparedAppend]], clock: Clock) -> list[_Outcome]:
         """Check, number and insert every caller's requests; a failed check fails only its caller."""
-        state = await _read_state(conn, items)
+        state = await read_state(conn, items)
         outcomes: list[_Outcome] = []
         rows: list[Row] = []
         recorded = []
@@ -428,11 +423,11 @@ class PostgresBackend(Backend):
             rows += item_rows
             recorded.append(item_recorded)
         if rows:
-            await conn.execute(_INSERT, *zip(*rows, strict=True), self._channel, str(rows[-1][0]))
+            await conn.execute(INSERT, *zip(*rows, strict=True), self._channel, str(rows[-1][0]))
         if self._hook is not None:
             for events in recorded:
                 if events:
-                    await _run_batches(conn, self._hook(events))
+                    await run_batches(conn, self._hook(events))
         return outcomes
 
     def _notify(self) -> None:
@@ -492,14 +487,14 @@ class PostgresBackend(Backend):
             await conn.execute(f"RELEASE {name}")
 
     async def apply(self, batches: Sequence[GuardedBatch]) -> list[bool]:
-        return await self._write(lambda conn: _run_batches(conn, batches))
+        return await self._write(lambda conn: run_batches(conn, batches))
 
     # -- reads -----------------------------------------------------------
 
     async def read_all(
         self, from_position: int, limit: int, types: Sequence[str] | None, stream_prefix: str | None
     ) -> list[Row]:
-        sql = f"{_SELECT} WHERE position >= $1"
+        sql = f"{SELECT} WHERE position >= $1"
         args: list[Any] = [from_position]
         if types is not None:
             args.append(list(types))
@@ -510,16 +505,16 @@ class PostgresBackend(Backend):
             sql += f" AND starts_with(stream, ${len(args)})"
         args.append(limit)
         sql += f" ORDER BY position LIMIT ${len(args)}"
-        return _tuples(await self._fetch(sql, *args))
+        return tuples(await self._fetch(sql, *args))
 
     async def read_stream(self, stream: str, from_version: int, backwards: bool, limit: int) -> list[Row]:
         op, order = ("<=", "DESC") if backwards else (">=", "ASC")
-        sql = f"{_SELECT} WHERE stream = $1 AND version {op} $2 ORDER BY version {order} LIMIT $3"
-        return _tuples(await self._fetch(sql, stream, from_version, limit))
+        sql = f"{SELECT} WHERE stream = $1 AND version {op} $2 ORDER BY version {order} LIMIT $3"
+        return tuples(await self._fetch(sql, stream, from_version, limit))
 
     async def read_positions(self, positions: Sequence[int]) -> list[Row]:
-        sql = f"{_SELECT} WHERE position = ANY($1::bigint[]) ORDER BY position"
-        return _tuples(await self._fetch(sql, list(positions)))
+        sql = f"{SELECT} WHERE position = ANY($1::bigint[]) ORDER BY position"
+        return tuples(await self._fetch(sql, list(positions)))
 
     async def head(self) -> int:
         rows = await self._fetch("SELECT coalesce(max(position), 0) FROM events")
@@ -531,11 +526,11 @@ class PostgresBackend(Backend):
 
     async def find_event_ids(self, event_ids: Sequence[bytes]) -> list[Row]:
         async with self._connection() as conn:
-            return await _find_ids(conn, list(event_ids))
+            return await find_ids(conn, list(event_ids))
 
     async def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         async with self._connection() as conn:
-            rows = await _portable(conn, "fetch", sql, params)
+            rows = await portable(conn, "fetch", sql, params)
         return [tuple(row) for row in rows]
 
     async def wait_for_append(self, timeout: float) -> None:
@@ -581,39 +576,13 @@ class PostgresBackend(Backend):
         while True:
             # The advisory lock makes concurrent openers take turns: the second
             # one sees the first one's record and has nothing left to do.
-            step = await self._write(lambda conn: self._migrate_one(conn, migrations), lock=self._migrate_lock)
+            step = await self._write(
+                lambda conn: migrate_one(conn, migrations, self.display_name), lock=self._migrate_lock
+            )
             if step is None:
                 return applied
             log.info("%s: applied migration %s #%d %s", self.display_name, migrations.name, step[0], step[1])
             applied.append(step[1])
-
-    async def _migrate_one(self, conn: Any, migrations: MigrationSet) -> tuple[int, str] | None:
-        await conn.execute(
-            "CREATE TABLE IF NOT EXISTS schema_migrations (set_name TEXT NOT NULL, version INTEGER NOT NULL, "
-            "name TEXT NOT NULL, applied_at TEXT NOT NULL, PRIMARY KEY (set_name, version))"
-        )
-        done = await conn.fetchval(
-            "SELECT coalesce(max(version), 0) FROM schema_migrations WHERE set_name = $1", migrations.name
-        )
-        if done > migrations.latest:
-            raise SchemaVersionError(
-                f"{self.display_name} was written by a newer eventstore: migration set '{migrations.name}' is at "
-                f"step {done}, this code knows {migrations.latest}; upgrade eventstore to open it"
-            )
-        pending = migrations.pending(done)
-        if not pending:
-            return None
-        step = pending[0]
-        for sql in step.statements(self.dialect):
-            await conn.execute(sql)
-        await conn.execute(
-            "INSERT INTO schema_migrations VALUES ($1, $2, $3, "
-            """to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'))""",
-            migrations.name,
-            step.version,
-            step.name,
-        )
-        return step.version, step.name
 
     async def applied_migrations(self) -> dict[str, int]:
         rows = await self._fetch("SELECT set_name, max(version) FROM schema_migrations GROUP BY set_name")
@@ -664,92 +633,7 @@ class PostgresBackend(Backend):
 # -- module helpers -------------------------------------------------------
 
 
-async def _init_connection(conn: Any) -> None:
-    # SQLite hands back ints and floats for sums and averages; so do we (not Decimal).
-    await conn.set_type_codec("numeric", encoder=str, decoder=number, schema="pg_catalog", format="text")
-
-
-async def _no_reset(conn: Any) -> None:
-    """Pool reset hook: asyncpg still rolls back an open transaction; we keep no other session state."""
-
-
-def _tuples(records: list[Any]) -> list[Row]:
-    return [tuple(record) for record in records]
-
-
-def _cause(exc: BaseException, password: str | None) -> BaseException | None:
-    """Chain the driver error unless its text would reveal the password."""
-    if password and password in str(exc):
-        return None
-    return exc
-
-
-async def _read_state(conn: Any, items: list[Sequence[PreparedAppend]]) -> LogState:
-    streams = list(dict.fromkeys(request.stream for requests in items for request in requests))
-    ids = [e.event_id for requests in items for request in requests if may_repeat(request) for e in request.events]
-    position, hash_, recorded_at, versions, any_known = await conn.fetchrow(_STATE, streams, ids)
-    known = {bytes(row[1]): row for row in await _find_ids(conn, ids)} if any_known else {}
-    head = (position, hash_, recorded_at) if position is not None else (0, GENESIS_HASH, 0)
-    return LogState(head, dict(zip(streams, versions or (), strict=True)), known)
-
-
 def _result(outcome: _Outcome) -> list[AppendResult]:
     if isinstance(outcome, BaseException):
         raise outcome
     return outcome
-
-
-async def _find_ids(conn: Any, event_ids: list[bytes]) -> list[Row]:
-    return _tuples(await conn.fetch(f"{_SELECT} WHERE event_id = ANY($1::bytea[])", event_ids))
-
-
-async def _run_batches(conn: Any, batches: Sequence[GuardedBatch]) -> list[bool]:
-    held: list[bool] = []
-    for guard, statements, on_skip in batches:
-        if guard is not None and rowcount(await _portable(conn, "execute", guard.sql, guard.params)) != 1:
-            held.append(False)
-            if on_skip is not None:
-                on_skip()
-            continue
-        await _execute_grouped(conn, statements)
-        held.append(True)
-    return held
-
-
-async def _execute_grouped(conn: Any, statements: Sequence[Statement]) -> None:
-    """Run statements in order; runs of the same SQL go through one (pipelined) executemany."""
-    index, count = 0, len(statements)
-    while index < count:
-        sql = statements[index].sql
-        end = index + 1
-        while end < count and statements[end].sql == sql:
-            end += 1
-        if end - index == 1:
-            await _portable(conn, "execute", sql, statements[index].params)
-        else:
-            await _portable(conn, "executemany", sql, [s.params for s in statements[index:end]])
-        index = end
-
-
-async def _portable(conn: Any, method: str, sql: str, params: Sequence[Any]) -> Any:
-    """``conn.fetch``/``execute(sql, *params)`` or ``executemany(sql, params)`` for portable SQL.
-
-    Parameters are bound with the types PostgreSQL inferred; when a value does
-    not fit (an int bound to a text column, say), it is converted and retried.
-    """
-    sql = numbered(sql)
-    many = method == "executemany"
-    try:
-        return await (getattr(conn, method)(sql, params) if many else getattr(conn, method)(sql, *params))
-    except asyncpg.DataError as exc:
-        if "invalid input for query argument" not in str(exc):
-            raise
-        prepared = await conn.prepare(sql)
-        types = [param.name for param in prepared.get_parameters()]
-    if many:
-        return await conn.executemany(sql, [_coerced(row, types) for row in params])
-    return await getattr(conn, method)(sql, *_coerced(params, types))
-
-
-def _coerced(params: Sequence[Any], types: Sequence[str]) -> list[Any]:
-    return [coerce(value, name) for value, name in zip(params, types, strict=True)]

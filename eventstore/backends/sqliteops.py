@@ -17,8 +17,8 @@ from typing import Any, TypeVar
 from eventstore.backends.base import PreparedAppend
 from eventstore.backends.plan import LogState, may_repeat
 from eventstore.codec import GENESIS_HASH
-from eventstore.errors import DatabaseError, DuplicateEventError, SchemaVersionError, StoreClosed
-from eventstore.migrations import MigrationSet
+from eventstore.errors import DatabaseError, DuplicateEventError, StoreClosed
+from eventstore.migrations import MIGRATIONS_TABLE, MigrationSet
 from eventstore.model import GuardedBatch, Row, Statement
 
 __all__ = (
@@ -100,22 +100,13 @@ def fetch_positions(conn: sqlite3.Connection, positions: Sequence[int]) -> list[
 
 def migrate_one(conn: sqlite3.Connection, migrations: MigrationSet, where: str) -> tuple[int, str] | None:
     """Apply the next pending step of ``migrations`` with its record (in the caller's transaction), or None."""
-    conn.execute(
-        "CREATE TABLE IF NOT EXISTS schema_migrations (set_name TEXT NOT NULL, version INTEGER NOT NULL, "
-        "name TEXT NOT NULL, applied_at TEXT NOT NULL, PRIMARY KEY (set_name, version))"
-    )
+    conn.execute(MIGRATIONS_TABLE)
     done = conn.execute(
         "SELECT coalesce(max(version), 0) FROM schema_migrations WHERE set_name = ?", (migrations.name,)
-    ).fetchone()[0]
-    if done > migrations.latest:
-        raise SchemaVersionError(
-            f"{where} was written by a newer eventstore: migration set '{migrations.name}' is at "
-            f"step {done}, this code knows {migrations.latest}; upgrade eventstore to open it"
-        )
-    pending = migrations.pending(done)
-    if not pending:
+    )
+    step = migrations.next_step(done.fetchone()[0], where)
+    if step is None:
         return None
-    step = pending[0]
     for sql in step.statements("sqlite"):
         conn.execute(sql)
     conn.execute(

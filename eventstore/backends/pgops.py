@@ -1,0 +1,155 @@
+"""What runs on an asyncpg connection: the general append path's state read,
+guarded batches in portable SQL, and the pool's connection hooks.
+
+Functions of a connection, used by :mod:`eventstore.backends.postgres`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import asyncpg
+
+from eventstore.backends.base import PreparedAppend
+from eventstore.backends.pgtext import coerce, number, numbered, rowcount
+from eventstore.backends.plan import LogState, may_repeat
+from eventstore.codec import GENESIS_HASH
+from eventstore.migrations import MIGRATIONS_TABLE, MigrationSet
+from eventstore.model import GuardedBatch, Row, Statement
+
+__all__ = (
+    "INSERT",
+    "SELECT",
+    "cause",
+    "find_ids",
+    "init_connection",
+    "migrate_one",
+    "no_reset",
+    "portable",
+    "read_state",
+    "run_batches",
+    "tuples",
+)
+
+COLUMNS = "position, event_id, stream, version, type, schema_version, recorded_at, metadata, data, hash"
+SELECT = f"SELECT {COLUMNS} FROM events"
+# One round trip per group: the head of the log, each stream's version (in the
+# order given; one index probe each), and whether any of the given ids exists.
+_STATE = """SELECT h.position, h.hash, h.recorded_at,
+       (SELECT array_agg(coalesce((SELECT max(version) FROM events WHERE stream = u.stream), 0) ORDER BY u.i)
+          FROM unnest($1::text[]) WITH ORDINALITY AS u(stream, i)),
+       EXISTS (SELECT 1 FROM events WHERE event_id = ANY($2::bytea[]))
+FROM (SELECT 1) AS one
+LEFT JOIN LATERAL (SELECT position, hash, recorded_at FROM events ORDER BY position DESC LIMIT 1) AS h ON true"""
+INSERT = f"""WITH written AS (
+    INSERT INTO events ({COLUMNS})
+    SELECT * FROM unnest($1::bigint[], $2::bytea[], $3::text[], $4::bigint[], $5::text[],
+                         $6::integer[], $7::bigint[], $8::bytea[], $9::bytea[], $10::bytea[])
+) SELECT pg_notify($11, $12)"""
+
+
+async def init_connection(conn: Any) -> None:
+    # SQLite hands back ints and floats for sums and averages; so do we (not Decimal).
+    await conn.set_type_codec("numeric", encoder=str, decoder=number, schema="pg_catalog", format="text")
+
+
+async def no_reset(conn: Any) -> None:
+    """Pool reset hook: asyncpg still rolls back an open transaction; we keep no other session state."""
+
+
+def tuples(records: list[Any]) -> list[Row]:
+    return [tuple(record) for record in records]
+
+
+def cause(exc: BaseException, password: str | None) -> BaseException | None:
+    """Chain the driver error unless its text would reveal the password."""
+    if password and password in str(exc):
+        return None
+    return exc
+
+
+async def read_state(conn: Any, items: list[Sequence[PreparedAppend]]) -> LogState:
+    streams = list(dict.fromkeys(request.stream for requests in items for request in requests))
+    ids = [e.event_id for requests in items for request in requests if may_repeat(request) for e in request.events]
+    position, hash_, recorded_at, versions, any_known = await conn.fetchrow(_STATE, streams, ids)
+    known = {bytes(row[1]): row for row in await find_ids(conn, ids)} if any_known else {}
+    head = (position, hash_, recorded_at) if position is not None else (0, GENESIS_HASH, 0)
+    return LogState(head, dict(zip(streams, versions or (), strict=True)), known)
+
+
+async def find_ids(conn: Any, event_ids: list[bytes]) -> list[Row]:
+    return tuples(await conn.fetch(f"{SELECT} WHERE event_id = ANY($1::bytea[])", event_ids))
+
+
+async def run_batches(conn: Any, batches: Sequence[GuardedBatch]) -> list[bool]:
+    held: list[bool] = []
+    for guard, statements, on_skip in batches:
+        if guard is not None and rowcount(await portable(conn, "execute", guard.sql, guard.params)) != 1:
+            held.append(False)
+            if on_skip is not None:
+                on_skip()
+            continue
+        await _execute_grouped(conn, statements)
+        held.append(True)
+    return held
+
+
+async def _execute_grouped(conn: Any, statements: Sequence[Statement]) -> None:
+    """Run statements in order; runs of the same SQL go through one (pipelined) executemany."""
+    index, count = 0, len(statements)
+    while index < count:
+        sql = statements[index].sql
+        end = index + 1
+        while end < count and statements[end].sql == sql:
+            end += 1
+        if end - index == 1:
+            await portable(conn, "execute", sql, statements[index].params)
+        else:
+            await portable(conn, "executemany", sql, [s.params for s in statements[index:end]])
+        index = end
+
+
+async def portable(conn: Any, method: str, sql: str, params: Sequence[Any]) -> Any:
+    """``conn.fetch``/``execute(sql, *params)`` or ``executemany(sql, params)`` for portable SQL.
+
+    Parameters are bound with the types PostgreSQL inferred; when a value does
+    not fit (an int bound to a text column, say), it is converted and retried.
+    """
+    sql = numbered(sql)
+    many = method == "executemany"
+    try:
+        return await (getattr(conn, method)(sql, params) if many else getattr(conn, method)(sql, *params))
+    except asyncpg.DataError as exc:
+        if "invalid input for query argument" not in str(exc):
+            raise
+        prepared = await conn.prepare(sql)
+        types = [param.name for param in prepared.get_parameters()]
+    if many:
+        return await conn.executemany(sql, [_coerced(row, types) for row in params])
+    return await getattr(conn, method)(sql, *_coerced(params, types))
+
+
+def _coerced(params: Sequence[Any], types: Sequence[str]) -> list[Any]:
+    return [coerce(value, name) for value, name in zip(params, types, strict=True)]
+
+
+async def migrate_one(conn: Any, migrations: MigrationSet, where: str) -> tuple[int, str] | None:
+    """Apply the next pending step of ``migrations`` with its record (in the caller's transaction), or None."""
+    await conn.execute(MIGRATIONS_TABLE)
+    done = await conn.fetchval(
+        "SELECT coalesce(max(version), 0) FROM schema_migrations WHERE set_name = $1", migrations.name
+    )
+    step = migrations.next_step(done, where)
+    if step is None:
+        return None
+    for sql in step.statements("postgresql"):
+        await conn.execute(sql)
+    await conn.execute(
+        "INSERT INTO schema_migrations VALUES ($1, $2, $3, "
+        """to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'))""",
+        migrations.name,
+        step.version,
+        step.name,
+    )
+    return step.version, step.name
