@@ -23,9 +23,11 @@ from eventstore import (
     NO_STREAM,
     STREAM_EXISTS,
     AppendRequest,
+    DatabaseError,
     DuplicateEventError,
     EventStore,
     GuardedBatch,
+    SignalRejected,
     Statement,
     WrongExpectedVersion,
     company_stream,
@@ -34,6 +36,8 @@ from eventstore import (
 from eventstore.backends.postgres import PostgresBackend
 from eventstore.model import ExpectedVersion
 from tests.conftest import NO_POSTGRES, POSTGRES_URL, _drop_schema, detected
+
+asyncpg = pytest.importorskip("asyncpg")
 
 pytestmark = [pytest.mark.anyio, pytest.mark.postgres]
 A = company_stream("domain:a.ai")
@@ -244,3 +248,38 @@ async def test_without_the_function_appends_still_work_and_the_log_says_why_once
         assert "eventstore_append" in warnings[0] and "general path" in warnings[0]
         assert [e.version async for e in store.read_stream(A)] == [1, 2, 3]
         assert (await store.verify()).ok
+
+
+@pytest.mark.skipif(not POSTGRES_URL, reason=NO_POSTGRES)
+async def test_a_connection_lost_after_the_call_committed_is_an_error_not_a_retry(
+    urls: Callable[[], str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The reply is lost, not the append: retrying would report a false duplicate, so the caller hears 'unknown'."""
+    from asyncpg.connection import Connection
+
+    fetchrow = Connection.fetchrow
+
+    async def lose_the_reply(self: Connection, query: str, *args: Any, **kwargs: Any) -> Any:
+        result = await fetchrow(self, query, *args, **kwargs)
+        if "eventstore_append" in query:
+            raise asyncpg.ConnectionDoesNotExistError("connection was closed in the middle of operation")
+        return result
+
+    async with open_store(urls()) as store:
+        monkeypatch.setattr(Connection, "fetchrow", lose_the_reply)
+        with pytest.raises(DatabaseError, match="ConnectionDoesNotExistError") as caught:
+            await store.append(A, [SignalRejected(signal_id=1, reason="weak")])
+        assert not isinstance(caught.value, DuplicateEventError)
+        monkeypatch.undo()
+        assert [e.type async for e in store.read_all()] == ["SignalRejected"]  # it was written, once
+
+
+@pytest.mark.skipif(not POSTGRES_URL, reason=NO_POSTGRES)
+async def test_an_expected_version_beyond_bigint_is_a_plain_conflict(
+    urls: Callable[[], str], caplog: pytest.LogCaptureFixture
+) -> None:
+    async with open_store(urls()) as store:
+        with caplog.at_level(logging.WARNING, logger="eventstore"), pytest.raises(WrongExpectedVersion):
+            await store.append(A, [detected()], expected_version=2**63)
+        assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+        assert await store.head_position() == 0

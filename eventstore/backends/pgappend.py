@@ -34,9 +34,12 @@ WRITTEN = 0
 _EXPECTED_CODES = {ANY: -1, NO_STREAM: -2, STREAM_EXISTS: -3}
 
 
-def _expected_code(expected: ExpectedVersion) -> int:
+_MAX_BIGINT = 2**63 - 1
+
+
+def _expected_code(expected: ExpectedVersion) -> int | None:
     if isinstance(expected, int):
-        return expected
+        return expected if expected <= _MAX_BIGINT else None  # cannot hold; the general path says so
     return _EXPECTED_CODES[expected]
 
 
@@ -66,10 +69,13 @@ def append_call_args(requests: Sequence[PreparedAppend], clock_us: Any) -> list[
             types.append(event.type)
             schemas.append(event.schema_version)
             data.append(event.data)
+        code = _expected_code(request.expected_version)
+        if code is None:
+            return None
         streams.append(request.stream)
         previous.append(last_request.get(request.stream, 0))
         last_request[request.stream] = len(streams)
-        expected.append(_expected_code(request.expected_version))
+        expected.append(code)
         counts.append(len(events))
         recorded.append(clock_us() if events else 0)
         metadata.append(meta)

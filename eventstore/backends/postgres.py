@@ -77,6 +77,8 @@ log = logging.getLogger("eventstore")
 T = TypeVar("T")
 Clock = Callable[[], int]
 _Outcome = list[AppendResult] | BaseException  # one caller's share of a group commit
+# asyncpg reports a connection lost mid-statement as these PostgresError subclasses.
+_CONNECTION_LOST = (asyncpg.PostgresConnectionError, asyncpg.exceptions.OperatorInterventionError)
 
 _BEGIN = "BEGIN ISOLATION LEVEL READ COMMITTED"
 # Lock classes for the two-key advisory locks; the second key is the schema's CRC.
@@ -370,6 +372,8 @@ class PostgresBackend(Backend):
         async with self._pooled() as conn:
             try:
                 status, first, versions = await conn.fetchrow(CALL, *self._lock_keys, self._channel, *args)
+            except _CONNECTION_LOST:
+                raise  # the call may have committed before the reply was lost: unknown, as for a failed COMMIT
             except asyncpg.PostgresError as exc:  # the statement failed, so nothing was written
                 # Declines come back as a status, so an error here is unexpected
                 # (the function dropped or its schema renamed, say): say so once.
