@@ -387,20 +387,22 @@ class EventStore:
 
         While held, the lock is checked every ``max(poll_interval, 1)`` seconds;
         if it is lost (PostgreSQL: its connection ended, say the server
-        restarted), the block is cancelled and :class:`WorkerLockLost` raised,
-        so a holder never goes on working beside the worker that took over.
+        restarted), the block is cancelled, the lock released only once the
+        block has stopped, and :class:`WorkerLockLost` raised, so a holder never
+        goes on working beside the worker that took over. While waiting, a
+        database error (a server restarting, say) is logged and retried.
         """
         self._check_open()
         if not isinstance(name, str) or not name:
             raise ValueError(f"a worker lock needs a non-empty name, not {name!r}")
         lock = self._backend.worker_lock(name)
         lost = False
+        failure: BaseException | None = None
         try:
             if not await _take(lock, name, wait, poll_interval, on_wait):
                 yield False
                 return
             holding = anyio.CancelScope()
-            failure: BaseException | None = None
 
             async def watch() -> None:
                 nonlocal lost
@@ -419,7 +421,9 @@ class EventStore:
                 except BaseException as exc:  # re-raised below: a task group would wrap it in an ExceptionGroup
                     failure = exc
                 guard.cancel_scope.cancel()
-            if failure is not None:
+            # What the block raised while stopping for a lost lock is reported as its cause, unless it is
+            # an outer cancellation (``holding`` absorbs its own), which must go on.
+            if failure is not None and (not lost or isinstance(failure, anyio.get_cancelled_exc_class())):
                 raise failure
         finally:
             with anyio.CancelScope(shield=True):
@@ -428,7 +432,7 @@ class EventStore:
             raise WorkerLockLost(
                 f"lost the worker lock {name!r} on {self.location} (its connection ended); the work holding it "
                 "was stopped so that another worker can take over"
-            )
+            ) from failure
 
     # -- the SQL service for read models (projections, facade, audit) ----
 

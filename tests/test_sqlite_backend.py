@@ -338,3 +338,13 @@ async def test_concurrent_appenders_share_one_transaction_and_a_lone_one_commits
             await log.append(A, [pushed(100 + i)])
         assert groups == [1, 1, 1]
         assert [e.position async for e in log.read_all()] == list(range(1, 20))
+
+
+async def test_a_loop_of_appends_still_lets_timeouts_and_cancellation_in() -> None:
+    """Inline appends never wait, so a loop of them must still give the event loop a turn now and then."""
+    async with open_store(":memory:") as log:
+        with anyio.move_on_after(0.05) as scope:
+            for i in range(100_000):
+                await log.append(A, [pushed(i + 1)])
+        assert scope.cancelled_caught
+        assert 0 < await log.head_position() < 100_000

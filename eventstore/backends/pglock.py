@@ -71,7 +71,8 @@ class AdvisoryLock(WorkerLock):
             with anyio.fail_after(HEALTH_TIMEOUT):
                 await self._conn.fetchval("SELECT 1")
         except Exception:  # any failure means we can no longer vouch for the lock: treat it as lost
-            await self.release()
+            # Not released here: the holder's work must stop first (worker_lock releases after it).
+            self._held = False
             return False
         return True
 

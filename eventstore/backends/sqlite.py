@@ -78,6 +78,8 @@ Clock = Callable[[], int]
 
 _SYNCHRONOUS = ("OFF", "NORMAL", "FULL", "EXTRA")
 _BACKSTOP_CHECKPOINT_PAGES = 20_000
+# Longest run of appends (seconds) that may skip their group-commit turn of the event loop.
+_MAX_UNYIELDED = 0.002
 
 
 class _WouldBlock(Exception):
@@ -120,6 +122,7 @@ class SqliteBackend(Backend):
         # on the single-append path anyio.Lock costs ~6 µs per acquire+release against ~1 µs.
         self._lock = asyncio.Lock()
         self._queue: list[_Pending] = []
+        self._yielded_at = 0.0
         self._hook: InlineHook | None = None
         self._in_tx: contextvars.ContextVar[int] = contextvars.ContextVar(f"sqlite_tx_{id(self)}", default=0)
         self._checkpointer: Checkpointer | None = None
@@ -302,7 +305,12 @@ class SqliteBackend(Backend):
         self._queue.append(item)
         try:
             # Group commit: give every other ready appender one turn to join this transaction.
-            if _others_ready():
+            # With none ready the turn is skipped, but not for longer than _MAX_UNYIELDED: an
+            # inline append never waits, so a loop of them would otherwise starve the event
+            # loop (no timeouts, no cancellation, no I/O).
+            now = time.monotonic()
+            if now - self._yielded_at > _MAX_UNYIELDED or _others_ready():
+                self._yielded_at = now
                 await asyncio.sleep(0)  # what anyio.lowlevel.checkpoint() does on asyncio, minus its lookups
             async with self._lock:
                 if not item.done:
