@@ -33,7 +33,7 @@ from eventstore import (
     company_stream,
     open_store,
 )
-from eventstore.backends.postgres import PostgresBackend
+from eventstore.backends.postgres import PostgresBackend, _ended
 from eventstore.model import ExpectedVersion
 from tests.conftest import NO_POSTGRES, POSTGRES_URL, _drop_schema, detected
 
@@ -283,3 +283,23 @@ async def test_an_expected_version_beyond_bigint_is_a_plain_conflict(
             await store.append(A, [detected()], expected_version=2**63)
         assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
         assert await store.head_position() == 0
+
+
+@pytest.mark.skipif(not POSTGRES_URL, reason=NO_POSTGRES)
+async def test_appends_go_on_after_the_server_ends_the_appending_connection(urls: Callable[[], str]) -> None:
+    url = urls()
+    async with open_store(url) as store:
+        await store.append(A, [detected()])
+        backend = store._backend
+        assert isinstance(backend, PostgresBackend) and backend._append_conn is not None
+        conn = await asyncpg.connect(POSTGRES_URL)
+        try:
+            assert await conn.fetchval("SELECT pg_terminate_backend($1)", backend._append_conn.get_server_pid())
+        finally:
+            await conn.close()
+        for _ in range(1000):  # until asyncpg has noticed the closed socket
+            if _ended(backend._append_conn):
+                break
+            await anyio.sleep(0.01)
+        await store.append(A, [detected(detected_at=T0)])
+        assert [e.version async for e in store.read_stream(A)] == [1, 2]
