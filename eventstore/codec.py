@@ -17,7 +17,7 @@ import struct
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import Any
+from typing import Any, NoReturn
 
 import msgspec
 import msgspec.inspect
@@ -189,6 +189,8 @@ class EventRegistry:
         #: type name -> (decoder, current schema_version): the read loop's one lookup per event.
         self._current: dict[str, tuple[msgspec.json.Decoder[Any], int]] = {}
         self._upcasters: dict[tuple[str, int], Upcaster] = {}
+        #: event class -> what encode() needs: the append loop's one lookup per event.
+        self._encoding: dict[type, tuple[str, int, msgspec.json.Decoder[Any], tuple[str, ...]]] = {}
         for event_type in (*SIGNAL_EVENT_TYPES, *types):
             self.register(event_type)
         for (name, version), upcaster in (upcasters or {}).items():
@@ -204,6 +206,10 @@ class EventRegistry:
         self._decoders[name] = msgspec.json.Decoder(event_type)
         self._datetime_fields[name] = _datetime_fields(event_type)
         self._current[name] = (self._decoders[name], event_type.schema_version)
+        # One class per type name: re-registering a name replaces the class that had it.
+        self._encoding = {cls: info for cls, info in self._encoding.items() if info[0] != name}
+        fields = self._datetime_fields[name]
+        self._encoding[event_type] = (name, event_type.schema_version, self._decoders[name], fields)
 
     def register_upcaster(self, type_name: str, from_version: int, upcaster: Upcaster) -> None:
         """Register ``upcaster`` turning ``type_name`` data of ``from_version`` into ``from_version + 1``."""
@@ -213,31 +219,31 @@ class EventRegistry:
     def type_names(self) -> tuple[str, ...]:
         return tuple(self._types)
 
-    def type_of(self, event: Event) -> tuple[str, int]:
-        name = type(event).__struct_config__.tag
-        if not isinstance(name, str) or self._types.get(name) is not type(event):
-            raise InvalidEvent(
-                f"unregistered event type {type(event).__name__}: pass it to open_store(event_types=[...])",
-                event_type=type(event).__name__,
-            )
-        return name, type(event).schema_version
+    def _refuse(self, event: object) -> NoReturn:
+        if not isinstance(event, Event):
+            raise InvalidEvent(f"expected an Event, got {type(event).__name__}")
+        raise InvalidEvent(
+            f"unregistered event type {type(event).__name__}: pass it to open_store(event_types=[...])",
+            event_type=type(event).__name__,
+        )
 
     def encode(self, event: Event) -> tuple[str, int, bytes, Event]:
         """Validate ``event`` and return (type, schema_version, canonical bytes, normalised event)."""
-        if not isinstance(event, Event):
-            raise InvalidEvent(f"expected an Event, got {type(event).__name__}")
-        name, schema_version = self.type_of(event)
+        info = self._encoding.get(type(event))
+        if info is None:
+            self._refuse(event)
+        name, schema_version, decoder, datetime_fields = info
         try:
             data = _json_encode(event)
         except (TypeError, ValueError, OverflowError) as exc:
             raise InvalidEvent(f"invalid {name}: cannot encode: {exc}", event_type=name) from exc
         try:
-            checked = self._decoders[name].decode(data)
+            checked = decoder.decode(data)
         except msgspec.ValidationError as exc:
             message, field = _validation_message(exc)
             where = f".{field}" if field else ""
             raise InvalidEvent(f"invalid {name}{where}: {message}", event_type=name, field=field) from exc
-        normalised = _to_utc(checked, self._datetime_fields[name])
+        normalised = _to_utc(checked, datetime_fields)
         if normalised is not checked:
             data = _json_encode(normalised)
         return name, schema_version, data, normalised

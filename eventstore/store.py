@@ -13,6 +13,7 @@ import logging
 import os
 import struct
 import sys
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from types import TracebackType
@@ -128,6 +129,8 @@ class EventStore:
         return when
 
     def _now_us(self) -> int:
+        if self.clock is system_clock:  # the same instant without building a datetime (~0.5 µs per append)
+            return time.time_ns() // 1000
         return to_micros(self.now())
 
     def _check_open(self) -> None:

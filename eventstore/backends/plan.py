@@ -40,7 +40,9 @@ class LogState:
         Raises WrongExpectedVersion or DuplicateEventError leaving the state
         unchanged, exactly as if the caller's transaction had rolled back.
         """
-        head, versions, added = self.head, dict[str, int](), dict[bytes, Row]()
+        head = self.head
+        versions: dict[str, int] = {}
+        added: dict[bytes, Row] = {}
         results: list[AppendResult] = []
         rows: list[Row] = []
         recorded: list[RecordedEvent] = []
