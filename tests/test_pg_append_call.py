@@ -29,6 +29,7 @@ from eventstore import (
     GuardedBatch,
     SignalRejected,
     Statement,
+    StoreClosed,
     WrongExpectedVersion,
     company_stream,
     open_store,
@@ -303,3 +304,77 @@ async def test_appends_go_on_after_the_server_ends_the_appending_connection(urls
             await anyio.sleep(0.01)
         await store.append(A, [detected(detected_at=T0)])
         assert [e.version async for e in store.read_stream(A)] == [1, 2]
+
+
+@pytest.mark.skipif(not POSTGRES_URL, reason=NO_POSTGRES)
+async def test_a_pool_of_one_connection_is_never_held_back_from_readers(urls: Callable[[], str]) -> None:
+    async with open_store(urls(), max_connections=1) as store:
+        with anyio.fail_after(10):
+            await store.append(A, [detected()])
+            assert [e.version async for e in store.read_stream(A)] == [1]
+            with pytest.raises(WrongExpectedVersion):  # declined by the function, decided by the general path
+                await store.append(A, [detected(detected_at=T0)], expected_version=5)
+            await store.append(A, [detected(detected_at=T0)], expected_version=1)
+            assert await store.head_position() == 2
+
+
+@pytest.mark.skipif(not POSTGRES_URL, reason=NO_POSTGRES)
+async def test_closing_waits_for_an_append_in_flight(urls: Callable[[], str]) -> None:
+    """aclose() lets a running append finish on its connection, then returns every connection to the pool."""
+    from eventstore.backends.pgtext import parse_url
+
+    url = urls()
+    store = await open_store(url).open()
+    await store.append(A, [detected()])
+    backend = store._backend
+    assert isinstance(backend, PostgresBackend)
+    blocker = await asyncpg.connect(parse_url(url).dsn)
+    outcome: dict[str, object] = {}
+
+    async def append() -> None:
+        try:
+            outcome["result"] = (await store.append(A, [detected(detected_at=T0)])).positions
+        except Exception as exc:  # recorded and asserted below
+            outcome["result"] = exc
+
+    try:
+        with anyio.fail_after(20):
+            await blocker.execute("BEGIN")
+            await blocker.execute("SELECT pg_advisory_xact_lock($1, $2)", *backend._lock_keys)
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(append)
+                for _ in range(500):  # until the append waits for the lock the blocker holds
+                    waiting = await blocker.fetchval(
+                        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+                    )
+                    if waiting:
+                        break
+                    await anyio.sleep(0.01)
+                tg.start_soon(store.aclose)
+                await anyio.sleep(0.2)
+                await blocker.execute("COMMIT")
+    finally:
+        await blocker.close()
+    assert outcome["result"] == [2]  # it finished before the store closed
+    async with open_store(url) as reopened:
+        assert await reopened.head_position() == 2
+
+
+@pytest.mark.skipif(not POSTGRES_URL, reason=NO_POSTGRES)
+async def test_closing_with_an_append_queued_returns(urls: Callable[[], str]) -> None:
+    store = await open_store(urls(), min_connections=2).open()
+    await store.append(A, [detected()])
+    outcome: list[object] = []
+
+    async def append() -> None:
+        try:
+            outcome.append((await store.append(A, [detected(detected_at=T0)])).positions)
+        except StoreClosed as exc:
+            outcome.append(exc)
+
+    with anyio.fail_after(20):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(append)
+            await anyio.lowlevel.checkpoint()  # the append is queued for the group commit
+            await store.aclose()
+    assert outcome == [[2]] or isinstance(outcome[0], StoreClosed)
