@@ -10,8 +10,8 @@ lock, reads the head, checks each request's expected version, numbers and
 hashes the events and inserts them.
 
 It only takes the common case, everything new and every expected version
-holding. Anything else (a version conflict, an id that may be recorded already)
-comes back as a status with nothing written, and the caller runs the general
+holding. Anything else (a version conflict, an id recorded already, caught as
+a unique violation) comes back as a status with nothing written, and the caller runs the general
 path, which reports the conflict precisely or answers the idempotent
 re-append from the recorded rows. So the rules live in one place (Python,
 ``plan.LogState``) and the server only ever commits what they would accept.
@@ -19,7 +19,7 @@ re-append from the recorded rows. So the rules live in one place (Python,
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from eventstore.backends.base import PreparedAppend
@@ -32,8 +32,6 @@ CALL = f"SELECT status, first_position, versions FROM eventstore_append({_PLACEH
 #: The status of a call that wrote the events; any other means nothing was written.
 WRITTEN = 0
 _EXPECTED_CODES = {ANY: -1, NO_STREAM: -2, STREAM_EXISTS: -3}
-
-
 _MAX_BIGINT = 2**63 - 1
 
 
@@ -43,7 +41,7 @@ def _expected_code(expected: ExpectedVersion) -> int | None:
     return _EXPECTED_CODES[expected]
 
 
-def append_call_args(requests: Sequence[PreparedAppend], clock_us: Any) -> list[Any] | None:
+def append_call_args(requests: Sequence[PreparedAppend], clock_us: Callable[[], int]) -> list[Any] | None:
     """The per-request and per-event arrays for one call, or None if the call cannot take them.
 
     ``clock_us()`` is called once per request with events, in order, as the general path does.
