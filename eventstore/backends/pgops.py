@@ -13,7 +13,7 @@ import asyncpg
 
 from eventstore.backends.base import PreparedAppend
 from eventstore.backends.pgtext import coerce, number, numbered, rowcount
-from eventstore.backends.plan import LogState, may_repeat
+from eventstore.backends.plan import LogState, repeatable_ids
 from eventstore.codec import GENESIS_HASH
 from eventstore.migrations import MIGRATIONS_TABLE, MigrationSet
 from eventstore.model import GuardedBatch, Row, Statement
@@ -71,7 +71,7 @@ def cause(exc: BaseException, password: str | None) -> BaseException | None:
 
 async def read_state(conn: Any, items: list[Sequence[PreparedAppend]]) -> LogState:
     streams = list(dict.fromkeys(request.stream for requests in items for request in requests))
-    ids = [e.event_id for requests in items for request in requests if may_repeat(request) for e in request.events]
+    ids = repeatable_ids(items)
     position, hash_, recorded_at, versions, any_known = await conn.fetchrow(_STATE, streams, ids)
     known = {bytes(row[1]): row for row in await find_ids(conn, ids)} if any_known else {}
     head = (position, hash_, recorded_at) if position is not None else (0, GENESIS_HASH, 0)

@@ -16,12 +16,17 @@ from collections.abc import Callable, Sequence
 from eventstore.backends.base import PreparedAppend, build_rows, check_expected_version, resolve_known_ids
 from eventstore.model import AppendResult, RecordedEvent, Row
 
-__all__ = ("LogState", "may_repeat")
+__all__ = ("LogState", "may_repeat", "repeatable_ids")
 
 
 def may_repeat(request: PreparedAppend) -> bool:
     """True if some of the request's event ids may already be in the log."""
     return any(event.known_id_possible for event in request.events)
+
+
+def repeatable_ids(items: Sequence[Sequence[PreparedAppend]]) -> list[bytes]:
+    """The event ids of every request in ``items`` that may repeat an id already in the log."""
+    return [e.event_id for requests in items for request in requests if may_repeat(request) for e in request.events]
 
 
 class LogState:

@@ -12,8 +12,11 @@ Why the shape (measured on the 2-core target machine, see README "Performance"):
   connection's aiosqlite thread, whose busy loop retries with a warning.
 * Concurrent appenders in this process are *group committed*: an appender
   yields once so that every ready appender can queue, then one transaction
-  takes the whole queue, each request inside its own SAVEPOINT so one
-  request's WrongExpectedVersion does not affect its neighbours.
+  takes the whole queue, planned in memory (:mod:`eventstore.backends.plan`)
+  so one request's WrongExpectedVersion does not affect its neighbours.
+* The writer remembers the head and stream versions it committed and skips
+  the state read while no other connection has committed since
+  (:class:`~eventstore.backends.sqliteops.StateCache`).
 * Several processes serialise on SQLite's write lock, so positions are
   ``head + 1`` under the lock: contiguous and in commit order, and a reader
   paging by position can never skip a late commit.
@@ -44,11 +47,13 @@ from eventstore.backends.base import (
     WorkerLock,
 )
 from eventstore.backends.filelock import FileLock, MemoryLock, lock_path
+from eventstore.backends.plan import LogState, repeatable_ids
 from eventstore.backends.sqliteops import (
     CHECKPOINT_CHANGES,
     COLUMNS,
     INSERT,
     Checkpointer,
+    StateCache,
     checkpoint_first,
     commit,
     fetch_positions,
@@ -122,6 +127,7 @@ class SqliteBackend(Backend):
         # on the single-append path anyio.Lock costs ~6 µs per acquire+release against ~1 µs.
         self._lock = asyncio.Lock()
         self._queue: list[_Pending] = []
+        self._state = StateCache()
         self._yielded_at = 0.0
         self._hook: InlineHook | None = None
         self._in_tx: contextvars.ContextVar[int] = contextvars.ContextVar(f"sqlite_tx_{id(self)}", default=0)
@@ -318,7 +324,10 @@ class SqliteBackend(Backend):
                     try:
                         outcomes = await self._write(lambda c: self._append_group(c, group, clock))
                     except BaseException as exc:  # the whole group failed (e.g. disk full)
+                        self._state.clear()
                         outcomes = [exc] * len(group)
+                    else:
+                        self._state.committed()
                     for pending, outcome in zip(group, outcomes, strict=True):
                         pending.result, pending.done = outcome, True
                     self._notify()
@@ -341,26 +350,73 @@ class SqliteBackend(Backend):
         self, conn: sqlite3.Connection, group: list[_Pending], clock: Clock
     ) -> list[list[AppendResult] | BaseException]:
         items = [pending.requests for pending in group]
+        cached = self._state.lookup(conn, items)
+        if cached is not None:
+            outcomes = self._append_from_cache(conn, items, clock, cached)
+            if outcomes is not None:
+                return outcomes
         if len(items) == 1:
-            return self._append_planned(conn, items, clock)
+            return self._append_planned(conn, items, clock, read_state(conn, items))
         # Plan the whole group in memory from one read of the log's state: a caller
         # whose check fails changes nothing, and the accepted rows go in one
         # executemany. Only if the database itself refuses something (a read
         # model's constraint, say) is the group redone one savepoint per caller.
         conn.execute("SAVEPOINT es_group")
         try:
-            outcomes = self._append_planned(conn, items, clock)
+            outcomes = self._append_planned(conn, items, clock, read_state(conn, items))
         except sqlite3.Error:
             conn.execute("ROLLBACK TO es_group")
             conn.execute("RELEASE es_group")
+            self._state.planned(None)
             return self._append_each(conn, items, clock)
         conn.execute("RELEASE es_group")
         return outcomes
 
+    def _append_from_cache(
+        self, conn: sqlite3.Connection, items: list[Sequence[PreparedAppend]], clock: Clock, state: LogState
+    ) -> list[list[AppendResult] | BaseException] | None:
+        """The group planned from the cached state, or None: then plan it from the database.
+
+        The cache knows no event ids. A lone event's INSERT is its own id
+        probe: refused by the unique index, it changed nothing. Anything larger
+        probes its ids first (a failed executemany would leave rows behind, and
+        a savepoint around it costs more than the probe: its statement journal
+        spills to disk). A refusal planned from the cache is not trusted either
+        (an idempotent re-append passes any version check): all these, and a
+        group whose read models may refuse it, are decided from the database.
+        """
+        if self._hook is not None and len(items) > 1:
+            return None
+        lone = len(items) == 1 and len(items[0]) == 1 and len(items[0][0].events) == 1
+        if not lone:
+            ids = repeatable_ids(items)
+            if ids and find_ids(conn, ids):
+                return None
+        outcomes, rows, recorded = self._plan(items, clock, state)
+        if any(isinstance(outcome, BaseException) for outcome in outcomes):
+            return None
+        try:
+            self._insert(conn, rows)
+        except sqlite3.IntegrityError:
+            if lone:
+                return None
+            raise
+        self._run_hook(conn, recorded)
+        self._state.planned(state)
+        return outcomes
+
     def _append_planned(
-        self, conn: sqlite3.Connection, items: list[Sequence[PreparedAppend]], clock: Clock
+        self, conn: sqlite3.Connection, items: list[Sequence[PreparedAppend]], clock: Clock, state: LogState
     ) -> list[list[AppendResult] | BaseException]:
-        state = read_state(conn, items)
+        outcomes, rows, recorded = self._plan(items, clock, state)
+        self._insert(conn, rows)
+        self._run_hook(conn, recorded)
+        self._state.planned(state)
+        return outcomes
+
+    def _plan(
+        self, items: list[Sequence[PreparedAppend]], clock: Clock, state: LogState
+    ) -> tuple[list[list[AppendResult] | BaseException], list[Row], list[RecordedEvent]]:
         outcomes: list[list[AppendResult] | BaseException] = []
         rows: list[Row] = []
         recorded: list[RecordedEvent] = []
@@ -373,13 +429,17 @@ class SqliteBackend(Backend):
             outcomes.append(results)
             rows += item_rows
             recorded += item_recorded
+        return outcomes, rows, recorded
+
+    def _insert(self, conn: sqlite3.Connection, rows: list[Row]) -> None:
         if len(rows) == 1:
             conn.execute(INSERT, rows[0])  # executemany costs ~2 µs more for one row
         elif rows:
             conn.executemany(INSERT, rows)
+
+    def _run_hook(self, conn: sqlite3.Connection, recorded: list[RecordedEvent]) -> None:
         if recorded and self._hook is not None:
             run_batches(conn, self._hook(recorded))
-        return outcomes
 
     def _append_each(
         self, conn: sqlite3.Connection, items: list[Sequence[PreparedAppend]], clock: Clock
@@ -393,12 +453,13 @@ class SqliteBackend(Backend):
                 conn.execute("ROLLBACK TO es_item")
                 outcomes.append(translate(exc, self.path))
             conn.execute("RELEASE es_item")
+        self._state.planned(None)  # each item read its own state: forget them
         return outcomes
 
     def _append_item(
         self, conn: sqlite3.Connection, requests: Sequence[PreparedAppend], clock: Clock
     ) -> list[AppendResult]:
-        (outcome,) = self._append_planned(conn, [requests], clock)
+        (outcome,) = self._append_planned(conn, [requests], clock, read_state(conn, [requests]))
         if isinstance(outcome, BaseException):
             raise outcome
         return outcome
@@ -413,6 +474,9 @@ class SqliteBackend(Backend):
                 yield
             return
         async with self._lock:
+            # Appends in a unit of work may roll back, and this connection's commits leave
+            # data_version unchanged: the state cache cannot follow them, so it starts over.
+            self._state.clear()
             await self._run_writer(self._begin)
             token = self._in_tx.set(1)
             try:

@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from eventstore.backends.base import PreparedAppend
-from eventstore.backends.plan import LogState, may_repeat
+from eventstore.backends.plan import LogState, may_repeat, repeatable_ids
 from eventstore.codec import GENESIS_HASH
 from eventstore.errors import DatabaseError, DuplicateEventError, StoreClosed
 from eventstore.migrations import MIGRATIONS_TABLE, MigrationSet
@@ -27,6 +27,7 @@ __all__ = (
     "ID_CHUNK",
     "INSERT",
     "Checkpointer",
+    "StateCache",
     "checkpoint_first",
     "commit",
     "fetch_positions",
@@ -76,7 +77,7 @@ def read_state(conn: sqlite3.Connection, items: list[Sequence[PreparedAppend]]) 
     streams = list(dict.fromkeys(request.stream for requests in items for request in requests))
     # One probe per stream: max(version) over an IN list would scan each stream's whole index range.
     versions = {stream: conn.execute(_STREAM_VERSION, (stream,)).fetchone()[0] or 0 for stream in streams}
-    ids = [e.event_id for requests in items for request in requests if may_repeat(request) for e in request.events]
+    ids = repeatable_ids(items)
     known = {bytes(row[1]): row for row in find_ids(conn, ids)} if ids else {}
     return LogState((head[0], head[1], head[2]), versions, known)
 
@@ -92,6 +93,69 @@ def _read_state_of_one(conn: sqlite3.Connection, request: PreparedAppend) -> Log
     ids = [event.event_id for event in request.events] if maybe_known else []
     known = {bytes(r[1]): r for r in find_ids(conn, ids)} if ids else {}
     return LogState((row[0], row[1], row[2]), {request.stream: row[3] or 0}, known)
+
+
+class StateCache:
+    """The log's head and stream versions as this connection last committed them.
+
+    Lets an append skip the state read (the head, the stream's version, whether
+    the ids are known: ~6 µs of a ~85 µs single append, measured). Valid only
+    while no other connection has committed since: SQLite's ``PRAGMA
+    data_version``, read under the write lock, changes exactly when another
+    connection (of any process) committed, and never for this connection's own
+    commits. So every write of events on this connection must either go through
+    :meth:`planned` and :meth:`committed`, or :meth:`clear` the cache.
+
+    It knows nothing of event ids: an append planned from it whose id turns out
+    to be recorded already fails on the unique index, and the caller plans it
+    again from :func:`read_state`, which decides the idempotent re-append.
+    """
+
+    # Streams remembered at most; beyond that the cache starts over (one state read per stream).
+    MAX_STREAMS = 100_000
+
+    def __init__(self) -> None:
+        self._data_version: int | None = None
+        self._head: tuple[int, bytes, int] | None = None
+        self._versions: dict[str, int] = {}
+        self._seen: int | None = None
+        self._planned: LogState | None = None
+
+    def lookup(self, conn: sqlite3.Connection, items: list[Sequence[PreparedAppend]]) -> LogState | None:
+        """At the start of a write transaction: the state to plan ``items`` from, or None if unknown."""
+        self._seen, self._planned = conn.execute("PRAGMA data_version").fetchone()[0], None
+        if self._head is None or self._seen != self._data_version:
+            return None
+        versions: dict[str, int] = {}
+        cached = self._versions
+        for requests in items:
+            for request in requests:
+                stream = request.stream
+                if stream not in versions:
+                    version = cached.get(stream)
+                    if version is None:
+                        version = conn.execute(_STREAM_VERSION, (stream,)).fetchone()[0] or 0
+                    versions[stream] = version
+        return LogState(self._head, versions, {})
+
+    def planned(self, state: LogState | None) -> None:
+        """``state`` (advanced by its plans) is what this transaction leaves once it commits; None: unknown."""
+        self._planned = state
+
+    def committed(self) -> None:
+        """The transaction :meth:`lookup` began committed: remember what it planned, if anything."""
+        state, self._planned = self._planned, None
+        if state is None or self._seen is None:
+            self.clear()
+            return
+        if self._seen != self._data_version or len(self._versions) > self.MAX_STREAMS:
+            self._versions = {}
+        self._data_version, self._head = self._seen, state.head
+        self._versions.update(state.versions)
+
+    def clear(self) -> None:
+        self._data_version = self._head = self._seen = self._planned = None
+        self._versions = {}
 
 
 def fetch_positions(conn: sqlite3.Connection, positions: Sequence[int]) -> list[Row]:
