@@ -7,6 +7,7 @@ connection committed. These tests take each way the cache could go stale.
 
 from __future__ import annotations
 
+import shutil
 import sqlite3
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -23,7 +24,7 @@ from eventstore import (
     WrongExpectedVersion,
     open_store,
 )
-from eventstore.model import GuardedBatch
+from eventstore.model import GuardedBatch, Statement
 from tests.conftest import detected
 
 pytestmark = pytest.mark.anyio
@@ -203,3 +204,88 @@ async def test_more_streams_than_the_cache_keeps_make_it_start_over(sqlite_path:
                 result = await log.append(f"s:{s}", [pushed(round_ * 10 + s + 1)], expected_version=round_)
                 assert result.version == round_ + 1
         await check(log, 30)
+
+
+# -- the cache belongs to one connection ----------------------------------------
+
+
+async def test_a_memory_store_reopened_starts_again_at_position_one() -> None:
+    log = open_store(":memory:")
+    async with log:
+        for n in (1, 2, 3):
+            await log.append(A, [pushed(n)])
+    async with log:  # a new, empty database
+        assert (await log.append(A, [pushed(4)])).positions == [1]
+        await check(log, 1)
+
+
+async def test_a_file_restored_from_an_older_copy_while_closed_is_appended_after_its_own_head(
+    sqlite_path: str,
+) -> None:
+    log = open_store(sqlite_path)
+    async with log:
+        await log.append(A, [pushed(1)])
+    shutil.copy(sqlite_path, sqlite_path + ".bak")
+    async with log:
+        await log.append(A, [pushed(2)])
+        await log.append(A, [pushed(3)])
+    shutil.copy(sqlite_path + ".bak", sqlite_path)
+    async with log:
+        assert (await log.append(A, [pushed(4)], expected_version=1)).positions == [2]
+        await check(log, 2)
+
+
+async def test_batches_and_groups_after_another_store_wrote_while_this_one_was_closed(sqlite_path: str) -> None:
+    log = open_store(sqlite_path)
+    async with log:
+        await log.append(A, [pushed(1)])
+    async with open_store(sqlite_path) as other:
+        await other.append(A, [pushed(2)])
+    async with log:
+        assert (await log.append(A, [pushed(3), pushed(4)])).positions == [3, 4]
+    async with open_store(sqlite_path) as other:
+        await other.append(A, [pushed(5)])
+    async with log:
+        results: list[Any] = []
+
+        async def append(i: int) -> None:
+            results.append(await log.append(f"s:{i}", [pushed(10 + i)]))
+
+        async with anyio.create_task_group() as tg:
+            for i in range(4):
+                tg.start_soon(append, i)
+        assert sorted(p for r in results for p in r.positions) == [6, 7, 8, 9]
+        await check(log, 9)
+
+
+async def test_other_writes_on_the_same_connection_make_the_next_append_read_the_state(sqlite_path: str) -> None:
+    async with open_store(sqlite_path) as log:
+        await log.query("SELECT 1")
+        await log.append(A, [pushed(1)])
+        await log.apply([GuardedBatch(None, [Statement("CREATE TABLE scratch (x INTEGER)")])])
+        await log.apply([GuardedBatch(None, [Statement("INSERT INTO scratch VALUES (1)")])])
+        with Statements(log) as after_apply:
+            await log.append(A, [pushed(2)])
+        assert state_reads(after_apply) != []
+        with Statements(log) as warm:
+            await log.append(A, [pushed(3)])
+        assert state_reads(warm) == []
+
+
+async def test_rows_refused_after_planning_from_a_stale_cache_are_planned_again_from_the_database(
+    sqlite_path: str,
+) -> None:
+    """The safety net: should the cache ever be stale undetected, a batch is rolled back and redone."""
+    async with open_store(sqlite_path) as log:
+        await log.append(A, [pushed(1)])
+        await log.append(A, [pushed(2)])
+        await log.append(A, [pushed(3)])
+        state: Any = log.backend._state  # type: ignore[attr-defined]
+        position, _, recorded_at = state._head
+        (head_before,) = [e async for e in log.read_all(from_position=1, limit=1)]
+        state._head = (1, head_before.hash, recorded_at)  # as if positions 2 and 3 were unknown to it
+        state._versions[A] = 1
+        result = await log.append(A, [pushed(4), pushed(5)])
+        assert (result.positions, result.version) == ([4, 5], 5)
+        assert position == 3
+        await check(log, 5)

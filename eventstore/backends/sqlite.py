@@ -91,6 +91,10 @@ class _WouldBlock(Exception):
     """The inline attempt would have had to wait for the write lock."""
 
 
+class _StaleState(Exception):
+    """The database refused rows planned from the state cache: plan the group again from the database."""
+
+
 class _Pending:
     __slots__ = ("done", "requests", "result")
 
@@ -184,6 +188,7 @@ class SqliteBackend(Backend):
 
     async def aclose(self) -> None:
         async with self._lock:
+            self._state.clear()  # a reopened store has new connections; the cache is theirs to fill
             for attr in ("_reader", "_writer"):
                 conn: aiosqlite.Connection | None = getattr(self, attr)
                 setattr(self, attr, None)
@@ -322,12 +327,10 @@ class SqliteBackend(Backend):
                 if not item.done:
                     group, self._queue = self._queue, []
                     try:
-                        outcomes = await self._write(lambda c: self._append_group(c, group, clock))
+                        outcomes = await self._commit_group(group, clock)
                     except BaseException as exc:  # the whole group failed (e.g. disk full)
                         self._state.clear()
                         outcomes = [exc] * len(group)
-                    else:
-                        self._state.committed()
                     for pending, outcome in zip(group, outcomes, strict=True):
                         pending.result, pending.done = outcome, True
                     self._notify()
@@ -340,6 +343,15 @@ class SqliteBackend(Backend):
             raise item.result
         assert item.result is not None
         return item.result
+
+    async def _commit_group(self, group: list[_Pending], clock: Clock) -> list[list[AppendResult] | BaseException]:
+        try:
+            outcomes = await self._write(lambda c: self._append_group(c, group, clock))
+        except _StaleState:  # rolled back: once more, from the database
+            self._state.clear()
+            outcomes = await self._write(lambda c: self._append_group(c, group, clock))
+        self._state.committed()
+        return outcomes
 
     def _notify(self) -> None:
         appended, self._appended = self._appended, None
@@ -360,7 +372,8 @@ class SqliteBackend(Backend):
         # Plan the whole group in memory from one read of the log's state: a caller
         # whose check fails changes nothing, and the accepted rows go in one
         # executemany. Only if the database itself refuses something (a read
-        # model's constraint, say) is the group redone one savepoint per caller.
+        # model's constraint, say) is the group redone one savepoint per caller
+        # (never from the cache: see _append_from_cache).
         conn.execute("SAVEPOINT es_group")
         try:
             outcomes = self._append_planned(conn, items, clock, read_state(conn, items))
@@ -378,11 +391,13 @@ class SqliteBackend(Backend):
         """The group planned from the cached state, or None: then plan it from the database.
 
         The cache knows no event ids. A lone event's INSERT is its own id
-        probe: refused by the unique index, it changed nothing. Anything larger
-        probes its ids first (a failed executemany would leave rows behind, and
-        a savepoint around it costs more than the probe: its statement journal
-        spills to disk). A refusal planned from the cache is not trusted either
-        (an idempotent re-append passes any version check): all these, and a
+        probe: refused by the append-only trigger, it changed nothing. Anything
+        larger probes its ids first (a failed executemany would leave rows
+        behind, and a savepoint around it costs more than the probe: its
+        statement journal spills to disk); should the database still refuse
+        its rows, the whole transaction rolls back and runs again from the
+        database (_StaleState). A refusal planned from the cache is not trusted
+        either (an idempotent re-append passes any version check): it, and a
         group whose read models may refuse it, are decided from the database.
         """
         if self._hook is not None and len(items) > 1:
@@ -397,10 +412,10 @@ class SqliteBackend(Backend):
             return None
         try:
             self._insert(conn, rows)
-        except sqlite3.IntegrityError:
+        except sqlite3.IntegrityError as exc:
             if lone:
                 return None
-            raise
+            raise _StaleState from exc
         self._run_hook(conn, recorded)
         self._state.planned(state)
         return outcomes

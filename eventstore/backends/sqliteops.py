@@ -96,35 +96,42 @@ def _read_state_of_one(conn: sqlite3.Connection, request: PreparedAppend) -> Log
 
 
 class StateCache:
-    """The log's head and stream versions as this connection last committed them.
+    """The log's head and stream versions as one connection last committed them.
 
     Lets an append skip the state read (the head, the stream's version, whether
-    the ids are known: ~6 µs of a ~85 µs single append, measured). Valid only
-    while no other connection has committed since: SQLite's ``PRAGMA
-    data_version``, read under the write lock, changes exactly when another
-    connection (of any process) committed, and never for this connection's own
-    commits. So every write of events on this connection must either go through
-    :meth:`planned` and :meth:`committed`, or :meth:`clear` the cache.
+    the ids are known: ~6 µs of a ~85 µs single append, measured). Trusted only
+    on the connection that filled it, and only while nothing else has written:
 
-    It knows nothing of event ids: an append planned from it whose id turns out
-    to be recorded already fails on the unique index, and the caller plans it
-    again from :func:`read_state`, which decides the idempotent re-append.
+    * SQLite's ``PRAGMA data_version``, read under the write lock, changes
+      whenever another connection (of any process) committed, and sometimes
+      otherwise (another connection's checkpoint: a cache miss, harmless);
+      never for this connection's own commits, and its values mean nothing
+      across connections;
+    * this connection's ``total_changes``, unchanged since :meth:`committed`,
+      says it wrote nothing the cache did not plan (a unit of work, a rolled
+      back transaction, an ``apply`` of raw rows).
+
+    It knows nothing of event ids. A lone event planned from it is its own id
+    probe: the append-only trigger refuses a recorded id, nothing was written,
+    and the caller plans it again from :func:`read_state`, which decides the
+    idempotent re-append. Larger appends probe their ids first.
     """
 
     # Streams remembered at most; beyond that the cache starts over (one state read per stream).
     MAX_STREAMS = 100_000
 
     def __init__(self) -> None:
-        self._data_version: int | None = None
+        self._stamp: tuple[sqlite3.Connection | None, int, int] = (None, -1, -1)
+        self._seen: tuple[sqlite3.Connection, int, int] | None = None
         self._head: tuple[int, bytes, int] | None = None
-        self._versions: dict[str, int] = {}
-        self._seen: int | None = None
         self._planned: LogState | None = None
+        self._versions: dict[str, int] = {}
 
     def lookup(self, conn: sqlite3.Connection, items: list[Sequence[PreparedAppend]]) -> LogState | None:
         """At the start of a write transaction: the state to plan ``items`` from, or None if unknown."""
-        self._seen, self._planned = conn.execute("PRAGMA data_version").fetchone()[0], None
-        if self._head is None or self._seen != self._data_version:
+        self._seen = (conn, conn.execute("PRAGMA data_version").fetchone()[0], conn.total_changes)
+        self._planned = None
+        if self._head is None or self._seen != self._stamp:
             return None
         versions: dict[str, int] = {}
         cached = self._versions
@@ -144,18 +151,18 @@ class StateCache:
 
     def committed(self) -> None:
         """The transaction :meth:`lookup` began committed: remember what it planned, if anything."""
-        state, self._planned = self._planned, None
-        if state is None or self._seen is None:
+        state, seen, self._planned = self._planned, self._seen, None
+        if state is None or seen is None:
             self.clear()
             return
-        if self._seen != self._data_version or len(self._versions) > self.MAX_STREAMS:
+        conn, data_version, _ = seen
+        if seen[:2] != self._stamp[:2] or len(self._versions) > self.MAX_STREAMS:
             self._versions = {}
-        self._data_version, self._head = self._seen, state.head
+        self._stamp, self._head = (conn, data_version, conn.total_changes), state.head
         self._versions.update(state.versions)
 
     def clear(self) -> None:
-        self._data_version = self._head = self._seen = self._planned = None
-        self._versions = {}
+        self._stamp, self._seen, self._head, self._planned, self._versions = (None, -1, -1), None, None, None, {}
 
 
 def fetch_positions(conn: sqlite3.Connection, positions: Sequence[int]) -> list[Row]:
