@@ -35,7 +35,7 @@ import functools
 import logging
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import aiosqlite
@@ -93,6 +93,17 @@ class _WouldBlock(Exception):
 
 class _StaleState(Exception):
     """The database refused rows planned from the state cache: plan the group again from the database."""
+
+
+class _Interrupted(asyncio.CancelledError):
+    """Cancelled while the connection's thread ran our work, which it finished anyway.
+
+    ``outcome`` is what the work returned, or the exception it raised.
+    """
+
+    def __init__(self, outcome: Any) -> None:
+        super().__init__()
+        self.outcome = outcome
 
 
 class _Pending:
@@ -326,14 +337,21 @@ class SqliteBackend(Backend):
             async with self._lock:
                 if not item.done:
                     group, self._queue = self._queue, []
+                    interrupted: _Interrupted | None = None
                     try:
                         outcomes = await self._commit_group(group, clock)
+                    except _Interrupted as exc:
+                        # This task was cancelled, but the group's transaction ended anyway:
+                        # the others get its real outcome, this task its cancellation.
+                        interrupted, outcomes = exc, _group_outcomes(exc.outcome, len(group), self.path)
                     except BaseException as exc:  # the whole group failed (e.g. disk full)
                         self._state.clear()
                         outcomes = [exc] * len(group)
                     for pending, outcome in zip(group, outcomes, strict=True):
                         pending.result, pending.done = outcome, True
                     self._notify()
+                    if interrupted is not None:
+                        raise interrupted
         except BaseException:
             # Cancelled while queued: withdraw, or a later group would write it behind the caller's back.
             if item in self._queue:
@@ -346,10 +364,17 @@ class SqliteBackend(Backend):
 
     async def _commit_group(self, group: list[_Pending], clock: Clock) -> list[list[AppendResult] | BaseException]:
         try:
-            outcomes = await self._write(lambda c: self._append_group(c, group, clock))
-        except _StaleState:  # rolled back: once more, from the database
-            self._state.clear()
-            outcomes = await self._write(lambda c: self._append_group(c, group, clock))
+            try:
+                outcomes = await self._write(lambda c: self._append_group(c, group, clock))
+            except _StaleState:  # rolled back: once more, from the database
+                self._state.clear()
+                outcomes = await self._write(lambda c: self._append_group(c, group, clock))
+        except _Interrupted as exc:
+            if isinstance(exc.outcome, BaseException):
+                self._state.clear()
+            else:
+                self._state.committed()
+            raise
         self._state.committed()
         return outcomes
 
@@ -492,7 +517,11 @@ class SqliteBackend(Backend):
             # Appends in a unit of work may roll back, and this connection's commits leave
             # data_version unchanged: the state cache cannot follow them, so it starts over.
             self._state.clear()
-            await self._run_writer(self._begin)
+            try:
+                await self._run_writer(self._begin)
+            except _Interrupted:
+                self._inline(self._writer, rollback)  # BEGIN ran, but the unit of work will not
+                raise
             token = self._in_tx.set(1)
             try:
                 yield
@@ -521,9 +550,31 @@ class SqliteBackend(Backend):
         if finish_checkpoint:
             self._checkpoint_due = False
             fn = functools.partial(checkpoint_first, fn)
-        with anyio.CancelScope(shield=True):
-            result = await self._thread(self._writer, fn, True)
-        return result
+        return await self._to_the_end(self._thread(self._writer, fn, True))
+
+    @staticmethod
+    async def _to_the_end(call: Awaitable[T]) -> T:
+        """Await work on the connection's thread until it has ended, whatever cancels us.
+
+        aiosqlite runs a queued call to its end even when its awaiter is
+        cancelled, and anyio's shield stops anyio's cancellation only, not a
+        plain ``task.cancel()`` or ``asyncio.wait_for``. Giving up the
+        connection (and ``self._lock``) before the thread is done would let the
+        next writer run statements inside that transaction. So the caller waits
+        for the end, then gets its cancellation as ``_Interrupted``, which
+        carries the outcome for whoever else depends on it (a group commit).
+        """
+        work = asyncio.ensure_future(call)
+        interrupted = False
+        while not work.done():
+            try:
+                with anyio.CancelScope(shield=True):
+                    await asyncio.wait((work,))  # unlike awaiting it, never cancels the work
+            except asyncio.CancelledError:
+                interrupted = True
+        if interrupted:
+            raise _Interrupted(work.exception() or work.result())
+        return work.result()
 
     @contextlib.asynccontextmanager
     async def _savepoint(self, name: str, depth: int) -> AsyncIterator[None]:
@@ -628,6 +679,18 @@ class SqliteBackend(Backend):
                 await self._thread(self._writer, lambda c: self._retrying(lambda: c.execute("VACUUM"), "vacuum"))
             if not self._memory:
                 await self._thread(self._writer, lambda c: c.execute("PRAGMA wal_checkpoint(TRUNCATE)"))
+
+
+def _group_outcomes(outcome: Any, size: int, path: str) -> list[list[AppendResult] | BaseException]:
+    """Each group member's outcome from what the group's transaction ended with."""
+    if isinstance(outcome, _StaleState):  # rolled back before its second, database-planned attempt
+        outcome = DatabaseError(
+            f"append to {path} not written: the group commit it joined was cancelled before a retry; append again"
+        )
+    if isinstance(outcome, BaseException):
+        return [outcome] * size
+    assert isinstance(outcome, list) and len(outcome) == size
+    return outcome
 
 
 def _others_ready() -> bool:

@@ -1,0 +1,93 @@
+"""Plain asyncio cancellation (``task.cancel()``, ``asyncio.wait_for``) while a write runs on aiosqlite's thread.
+
+Under ``synchronous=FULL`` every write goes to the connection's thread, which
+finishes a transaction even when its awaiter is cancelled. The store must keep
+the connection until then: the cancelled caller gets its cancellation, and
+nobody else is disturbed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from eventstore import EventStore, SignalPushed, open_store
+
+pytestmark = pytest.mark.anyio
+
+A = "company:domain:a.ai"
+
+
+def pushed(n: int) -> SignalPushed:
+    return SignalPushed(signal_id=n, notion_page_id=f"page-{n}")
+
+
+class Numbers:
+    def __init__(self) -> None:
+        self.last = 0
+
+    def next(self) -> int:
+        self.last += 1
+        return self.last
+
+
+async def check(log: EventStore) -> set[int]:
+    positions = [event.position async for event in log.read_all()]
+    assert positions == list(range(1, len(positions) + 1))
+    assert (await log.verify()).ok
+    return set(positions)
+
+
+async def test_appenders_sharing_a_group_with_a_cancelled_one_get_their_own_outcome(sqlite_path: str) -> None:
+    numbers, timeouts = Numbers(), 0
+    acknowledged: list[int] = []
+    async with open_store(sqlite_path, synchronous="FULL") as log:
+
+        async def steady(k: int) -> None:
+            for _ in range(40):
+                result = await log.append(f"s:{k}", [pushed(numbers.next())])  # never cancelled
+                acknowledged.extend(result.positions)
+
+        async def impatient() -> None:
+            nonlocal timeouts
+            for _ in range(120):
+                try:
+                    result = await asyncio.wait_for(log.append(A, [pushed(numbers.next())]), 0.0005)
+                except TimeoutError:
+                    timeouts += 1
+                else:
+                    acknowledged.extend(result.positions)
+
+        await asyncio.gather(impatient(), *(steady(k) for k in range(3)))
+        present = await check(log)
+        assert set(acknowledged) <= present
+        assert timeouts > 0  # the case under test happened
+        assert len(present) >= 3 * 40
+
+
+async def test_a_unit_of_work_cancelled_while_it_begins_or_commits_leaves_no_open_transaction(sqlite_path: str) -> None:
+    numbers, committed, timeouts = Numbers(), 0, 0
+    async with open_store(sqlite_path, synchronous="FULL") as log:
+
+        async def unit() -> None:
+            async with log.transaction():
+                await log.append(A, [pushed(numbers.next())])
+                await log.append("company:domain:b.ai", [pushed(numbers.next())])
+
+        for _ in range(60):
+            try:
+                await asyncio.wait_for(unit(), 0.0005)
+            except TimeoutError:
+                timeouts += 1
+            else:
+                committed += 1
+        # The connection is free and outside any transaction: a plain append commits on its own.
+        result = await log.append(A, [pushed(numbers.next())])
+        present = await check(log)
+        assert result.positions == [max(present)]
+        assert len(present) % 2 == 1  # units of work are all or nothing: pairs, plus the last append
+        assert timeouts > 0
+
+    async with open_store(sqlite_path) as again:  # what was acknowledged is on disk
+        assert await check(again) == present
