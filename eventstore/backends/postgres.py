@@ -45,7 +45,7 @@ from typing import Any, TypeVar
 import anyio
 import asyncpg  # the only module that imports the driver
 
-from eventstore.backends.base import Backend, PreparedAppend, WorkerLock
+from eventstore.backends.base import Backend, Interrupted, PreparedAppend, WorkerLock, to_the_end
 from eventstore.backends.pgappend import CALL, WRITTEN, append_call_args, results_of
 from eventstore.backends.pglock import KEEPALIVES, AdvisoryLock, lock_key
 from eventstore.backends.pgops import (
@@ -354,14 +354,21 @@ class PostgresBackend(Backend):
     async def _lead(self, clock: Clock) -> None:
         """Commit everything queued, as one group; every caller in it gets its own outcome."""
         group, self._queue = self._queue, []
-        with anyio.CancelScope(shield=True):  # the group's callers all wait on this outcome
-            try:
-                results = await self._append_group(group, clock)
-            except BaseException as exc:  # the whole group failed (e.g. connection lost)
-                results = [exc] * len(group)
-        for pending, outcome in zip(group, results, strict=True):
-            pending.result, pending.done = outcome, True
+        interrupted: Interrupted | None = None
+        try:
+            # The group's callers all wait on this outcome: no cancellation of ours cuts it short.
+            results = await to_the_end(self._append_group(group, clock))
+        except Interrupted as exc:  # we were cancelled; the others get the group's real outcome
+            interrupted = exc
+            outcome = exc.outcome
+            results = [outcome] * len(group) if isinstance(outcome, BaseException) else outcome
+        except BaseException as exc:  # the whole group failed (e.g. connection lost)
+            results = [exc] * len(group)
+        for pending, result in zip(group, results, strict=True):
+            pending.result, pending.done = result, True
         self._notify()
+        if interrupted is not None:
+            raise interrupted
 
     async def _append_group(self, group: list[_Pending], clock: Clock) -> list[_Outcome]:
         # WHY A LOCK, AND NOT A SEQUENCE. Readers follow the log by position:

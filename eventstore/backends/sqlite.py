@@ -35,7 +35,7 @@ import functools
 import logging
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, TypeVar
 
 import aiosqlite
@@ -43,8 +43,10 @@ import anyio
 
 from eventstore.backends.base import (
     Backend,
+    Interrupted,
     PreparedAppend,
     WorkerLock,
+    to_the_end,
 )
 from eventstore.backends.filelock import FileLock, MemoryLock, lock_path
 from eventstore.backends.plan import LogState, repeatable_ids
@@ -93,17 +95,6 @@ class _WouldBlock(Exception):
 
 class _StaleState(Exception):
     """The database refused rows planned from the state cache: plan the group again from the database."""
-
-
-class _Interrupted(asyncio.CancelledError):
-    """Cancelled while the connection's thread ran our work, which it finished anyway.
-
-    ``outcome`` is what the work returned, or the exception it raised.
-    """
-
-    def __init__(self, outcome: Any) -> None:
-        super().__init__()
-        self.outcome = outcome
 
 
 class _Pending:
@@ -337,10 +328,10 @@ class SqliteBackend(Backend):
             async with self._lock:
                 if not item.done:
                     group, self._queue = self._queue, []
-                    interrupted: _Interrupted | None = None
+                    interrupted: Interrupted | None = None
                     try:
                         outcomes = await self._commit_group(group, clock)
-                    except _Interrupted as exc:
+                    except Interrupted as exc:
                         # This task was cancelled, but the group's transaction ended anyway:
                         # the others get its real outcome, this task its cancellation.
                         interrupted, outcomes = exc, _group_outcomes(exc.outcome, len(group), self.path)
@@ -369,7 +360,7 @@ class SqliteBackend(Backend):
             except _StaleState:  # rolled back: once more, from the database
                 self._state.clear()
                 outcomes = await self._write(lambda c: self._append_group(c, group, clock))
-        except _Interrupted as exc:
+        except Interrupted as exc:
             if isinstance(exc.outcome, BaseException):
                 self._state.clear()
             else:
@@ -519,7 +510,7 @@ class SqliteBackend(Backend):
             self._state.clear()
             try:
                 await self._run_writer(self._begin)
-            except _Interrupted:
+            except Interrupted:
                 self._inline(self._writer, rollback)  # BEGIN ran, but the unit of work will not
                 raise
             token = self._in_tx.set(1)
@@ -550,31 +541,7 @@ class SqliteBackend(Backend):
         if finish_checkpoint:
             self._checkpoint_due = False
             fn = functools.partial(checkpoint_first, fn)
-        return await self._to_the_end(self._thread(self._writer, fn, True))
-
-    @staticmethod
-    async def _to_the_end(call: Awaitable[T]) -> T:
-        """Await work on the connection's thread until it has ended, whatever cancels us.
-
-        aiosqlite runs a queued call to its end even when its awaiter is
-        cancelled, and anyio's shield stops anyio's cancellation only, not a
-        plain ``task.cancel()`` or ``asyncio.wait_for``. Giving up the
-        connection (and ``self._lock``) before the thread is done would let the
-        next writer run statements inside that transaction. So the caller waits
-        for the end, then gets its cancellation as ``_Interrupted``, which
-        carries the outcome for whoever else depends on it (a group commit).
-        """
-        work = asyncio.ensure_future(call)
-        interrupted = False
-        while not work.done():
-            try:
-                with anyio.CancelScope(shield=True):
-                    await asyncio.wait((work,))  # unlike awaiting it, never cancels the work
-            except asyncio.CancelledError:
-                interrupted = True
-        if interrupted:
-            raise _Interrupted(work.exception() or work.result())
-        return work.result()
+        return await to_the_end(self._thread(self._writer, fn, True))
 
     @contextlib.asynccontextmanager
     async def _savepoint(self, name: str, depth: int) -> AsyncIterator[None]:
