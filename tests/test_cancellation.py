@@ -10,6 +10,9 @@ its group must get their own outcome, not its cancellation.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import sqlite3
+from collections.abc import AsyncIterator
 
 import pytest
 
@@ -97,3 +100,86 @@ async def test_a_unit_of_work_cancelled_while_it_begins_or_commits_leaves_no_ope
 
     async with open_store(store_url) as again:  # what was acknowledged is on disk
         assert await check(again) == present
+
+
+async def test_asyncio_timeout_still_raises_timeout_error(store_url: str) -> None:
+    """The cancellation is re-raised as it came: asyncio.timeout() (3.11) turns only its own into TimeoutError."""
+    numbers, timeouts = Numbers(), 0
+    async with opened(store_url) as log:
+        for _ in range(60):
+            try:
+                async with asyncio.timeout(0.0003):
+                    await log.append(A, [pushed(numbers.next())])
+            except TimeoutError:
+                timeouts += 1
+            current = asyncio.current_task()
+            assert current is not None and current.cancelling() == 0
+        assert timeouts > 0
+        await check(log)
+
+
+async def test_a_task_group_cancelling_an_append_reports_only_the_real_error(store_url: str) -> None:
+    async with opened(store_url) as log:
+        for n in range(1, 21):
+
+            async def fail() -> None:
+                await asyncio.sleep(0)
+                raise ValueError("sibling failed")
+
+            with pytest.raises(ExceptionGroup) as caught:
+                async with asyncio.TaskGroup() as group:
+                    group.create_task(fail())
+                    await log.append(A, [pushed(n)])
+                    await asyncio.sleep(1)  # the append finished first: wait here for the cancellation
+            assert [type(e) for e in caught.value.exceptions] == [ValueError]
+        await check(log)
+
+
+async def test_a_cancelled_append_does_not_wait_for_another_writers_lock(store_url: str) -> None:
+    async with opened(store_url) as log:
+        await log.append(A, [pushed(1)])
+        async with another_writer_holding_the_lock(log, store_url) as released:
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(log.append(A, [pushed(2)]), 0.2)
+            assert not released.is_set()  # given up while the lock was still held
+        assert (await log.append(A, [pushed(3)])).positions[-1] <= 3
+        await check(log)
+
+
+@contextlib.asynccontextmanager
+async def another_writer_holding_the_lock(log: EventStore, url: str) -> AsyncIterator[asyncio.Event]:
+    """Another connection holds the append lock until the block ends (or 30 s, so a bug cannot hang the suite)."""
+    released = asyncio.Event()
+    if url.startswith("postgresql"):
+        import asyncpg
+
+        other = await asyncpg.connect(url.split("?")[0])
+        keys = log.backend._lock_keys  # type: ignore[attr-defined]
+        await other.execute("BEGIN")
+        await other.execute("SELECT pg_advisory_xact_lock($1, $2)", *keys)
+
+        async def release() -> None:
+            await other.execute("ROLLBACK")
+            await other.close()
+    else:
+        conn = sqlite3.connect(url, isolation_level=None, check_same_thread=False)
+        conn.execute("BEGIN IMMEDIATE")
+
+        async def release() -> None:
+            conn.execute("ROLLBACK")
+            conn.close()
+
+    async def backstop() -> None:
+        await asyncio.sleep(30)
+        if not released.is_set():
+            released.set()
+            await release()
+
+    guard = asyncio.ensure_future(backstop())
+    try:
+        yield released
+    finally:
+        guard.cancel()
+        if not released.is_set():
+            released.set()
+            await release()

@@ -15,13 +15,10 @@ lives in :mod:`eventstore.store`. Each backend implements the same guarantees:
 from __future__ import annotations
 
 import abc
-import asyncio
 import contextlib
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from typing import Any, NamedTuple, TypeVar
-
-import anyio
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any, NamedTuple
 
 from eventstore.codec import chain_hash, from_micros
 from eventstore.errors import DuplicateEventError, WrongExpectedVersion
@@ -41,18 +38,15 @@ from eventstore.model import (
 
 __all__ = (
     "Backend",
-    "Interrupted",
     "PreparedAppend",
     "PreparedEvent",
     "WorkerLock",
     "build_rows",
     "check_expected_version",
     "resolve_known_ids",
-    "to_the_end",
 )
 
 Clock = Callable[[], int]  # microseconds since the epoch
-T = TypeVar("T")
 
 
 class PreparedEvent(NamedTuple):
@@ -73,6 +67,10 @@ class PreparedAppend(NamedTuple):
     stream: str
     expected_version: ExpectedVersion
     events: Sequence[PreparedEvent]
+
+    def retried(self) -> PreparedAppend:
+        """The same request after an attempt whose outcome is unknown: its ids may be recorded now."""
+        return self._replace(events=[event._replace(known_id_possible=True) for event in self.events])
 
 
 class WorkerLock(abc.ABC):
@@ -290,38 +288,3 @@ def _recorded(row: Row, event: PreparedEvent, when: Any) -> RecordedEvent:
 
 def _uuid(raw: bytes) -> str:
     return str(uuid.UUID(bytes=raw))
-
-
-class Interrupted(asyncio.CancelledError):
-    """Cancelled while work others depend on ran on; it was awaited to its end anyway.
-
-    ``outcome`` is what the work returned, or the exception it raised.
-    """
-
-    def __init__(self, outcome: Any) -> None:
-        super().__init__()
-        self.outcome = outcome
-
-
-async def to_the_end(call: Awaitable[T]) -> T:
-    """Await ``call`` until it has ended, whatever cancels the caller; then raise ``Interrupted`` if anything did.
-
-    For work that must not be abandoned halfway: a transaction on aiosqlite's
-    thread (which runs it to its end even when its awaiter is cancelled, so
-    giving up the connection earlier would let the next writer run statements
-    inside it), or a group commit whose other callers wait on its outcome.
-    anyio's shield stops anyio's cancellation only, not a plain
-    ``task.cancel()`` or ``asyncio.wait_for``; this stops both, and hands the
-    outcome to whoever else depends on it.
-    """
-    work = asyncio.ensure_future(call)
-    interrupted = False
-    while not work.done():
-        try:
-            with anyio.CancelScope(shield=True):
-                await asyncio.wait((work,))  # unlike awaiting it, never cancels the work
-        except asyncio.CancelledError:
-            interrupted = True
-    if interrupted:
-        raise Interrupted(work.exception() or work.result())
-    return work.result()

@@ -34,6 +34,7 @@ grants (SELECT and INSERT on ``events``).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import contextvars
 import logging
@@ -45,7 +46,7 @@ from typing import Any, TypeVar
 import anyio
 import asyncpg  # the only module that imports the driver
 
-from eventstore.backends.base import Backend, Interrupted, PreparedAppend, WorkerLock, to_the_end
+from eventstore.backends.base import Backend, PreparedAppend, WorkerLock
 from eventstore.backends.pgappend import CALL, WRITTEN, append_call_args, results_of
 from eventstore.backends.pglock import KEEPALIVES, AdvisoryLock, lock_key
 from eventstore.backends.pgops import (
@@ -342,7 +343,7 @@ class PostgresBackend(Backend):
             await anyio.lowlevel.checkpoint()
             async with self._lock:
                 if not item.done:
-                    await self._lead(clock)
+                    await self._lead(item, clock)
         except BaseException:
             # Cancelled while queued: withdraw, or a later group would write it behind the caller's back.
             if item in self._queue:
@@ -351,24 +352,27 @@ class PostgresBackend(Backend):
         assert item.result is not None
         return _result(item.result)
 
-    async def _lead(self, clock: Clock) -> None:
+    async def _lead(self, mine: _Pending, clock: Clock) -> None:
         """Commit everything queued, as one group; every caller in it gets its own outcome."""
         group, self._queue = self._queue, []
-        interrupted: Interrupted | None = None
         try:
-            # The group's callers all wait on this outcome: no cancellation of ours cuts it short.
-            results = await to_the_end(self._append_group(group, clock))
-        except Interrupted as exc:  # we were cancelled; the others get the group's real outcome
-            interrupted = exc
-            outcome = exc.outcome
-            results = [outcome] * len(group) if isinstance(outcome, BaseException) else outcome
+            with anyio.CancelScope(shield=True):  # the group's callers all wait on this outcome
+                results = await self._append_group(group, clock)
+        except asyncio.CancelledError:
+            # A plain asyncio cancellation (task.cancel(), asyncio.wait_for) gets through anyio's
+            # shield and stops the group's statement: whether it committed is unknown. The others
+            # go again, which is idempotent: their events carry the ids they were given already,
+            # now looked up before anything is written.
+            others = [pending for pending in group if pending is not mine]
+            for pending in others:
+                pending.requests = [request.retried() for request in pending.requests]
+            self._queue[:0] = others
+            raise
         except BaseException as exc:  # the whole group failed (e.g. connection lost)
             results = [exc] * len(group)
-        for pending, result in zip(group, results, strict=True):
-            pending.result, pending.done = result, True
+        for pending, outcome in zip(group, results, strict=True):
+            pending.result, pending.done = outcome, True
         self._notify()
-        if interrupted is not None:
-            raise interrupted
 
     async def _append_group(self, group: list[_Pending], clock: Clock) -> list[_Outcome]:
         # WHY A LOCK, AND NOT A SEQUENCE. Readers follow the log by position:

@@ -34,6 +34,7 @@ import contextvars
 import functools
 import logging
 import sqlite3
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, TypeVar
@@ -43,10 +44,8 @@ import anyio
 
 from eventstore.backends.base import (
     Backend,
-    Interrupted,
     PreparedAppend,
     WorkerLock,
-    to_the_end,
 )
 from eventstore.backends.filelock import FileLock, MemoryLock, lock_path
 from eventstore.backends.plan import LogState, repeatable_ids
@@ -97,6 +96,14 @@ class _StaleState(Exception):
     """The database refused rows planned from the state cache: plan the group again from the database."""
 
 
+class _Abandoned(Exception):
+    """The caller was cancelled while the thread waited for the write lock: nothing was begun."""
+
+
+# Set on a CancelledError that interrupted work on the connection's thread: what the work ended with.
+_OUTCOME = "eventstore_outcome"
+
+
 class _Pending:
     __slots__ = ("done", "requests", "result")
 
@@ -133,6 +140,7 @@ class SqliteBackend(Backend):
         # on the single-append path anyio.Lock costs ~6 µs per acquire+release against ~1 µs.
         self._lock = asyncio.Lock()
         self._queue: list[_Pending] = []
+        self._abandon: threading.Event | None = None  # set: the thread's caller gave up waiting for the lock
         self._state = StateCache()
         self._yielded_at = 0.0
         self._hook: InlineHook | None = None
@@ -290,6 +298,8 @@ class SqliteBackend(Backend):
             except sqlite3.OperationalError as exc:
                 if not is_busy(exc):
                     raise
+                if self._abandon is not None and self._abandon.is_set():
+                    raise _Abandoned from exc
                 if time.monotonic() > deadline:
                     raise DatabaseError(
                         f"{self.path} stayed locked by another process for {self.busy_timeout:.0f}s ({what}); "
@@ -328,21 +338,17 @@ class SqliteBackend(Backend):
             async with self._lock:
                 if not item.done:
                     group, self._queue = self._queue, []
-                    interrupted: Interrupted | None = None
                     try:
                         outcomes = await self._commit_group(group, clock)
-                    except Interrupted as exc:
-                        # This task was cancelled, but the group's transaction ended anyway:
-                        # the others get its real outcome, this task its cancellation.
-                        interrupted, outcomes = exc, _group_outcomes(exc.outcome, len(group), self.path)
+                    except asyncio.CancelledError as exc:
+                        self._interrupted(exc, item, group)
+                        raise
                     except BaseException as exc:  # the whole group failed (e.g. disk full)
                         self._state.clear()
                         outcomes = [exc] * len(group)
                     for pending, outcome in zip(group, outcomes, strict=True):
                         pending.result, pending.done = outcome, True
                     self._notify()
-                    if interrupted is not None:
-                        raise interrupted
         except BaseException:
             # Cancelled while queued: withdraw, or a later group would write it behind the caller's back.
             if item in self._queue:
@@ -355,19 +361,35 @@ class SqliteBackend(Backend):
 
     async def _commit_group(self, group: list[_Pending], clock: Clock) -> list[list[AppendResult] | BaseException]:
         try:
-            try:
-                outcomes = await self._write(lambda c: self._append_group(c, group, clock))
-            except _StaleState:  # rolled back: once more, from the database
-                self._state.clear()
-                outcomes = await self._write(lambda c: self._append_group(c, group, clock))
-        except Interrupted as exc:
-            if isinstance(exc.outcome, BaseException):
-                self._state.clear()
-            else:
-                self._state.committed()
-            raise
+            outcomes = await self._write(lambda c: self._append_group(c, group, clock))
+        except _StaleState:  # rolled back: once more, from the database
+            self._state.clear()
+            outcomes = await self._write(lambda c: self._append_group(c, group, clock))
         self._state.committed()
         return outcomes
+
+    def _interrupted(self, cancelled: asyncio.CancelledError, mine: _Pending, group: list[_Pending]) -> None:
+        """The group's leader was cancelled while its transaction ran on the thread (see _run_writer).
+
+        The transaction has ended by now. If it committed, the others get their
+        results; if nothing was written (abandoned before BEGIN, rolled back),
+        they go again; if it failed, they get its error. The leader gets its
+        cancellation: its outcome is unknown to it.
+        """
+        outcome = getattr(cancelled, _OUTCOME, None)
+        others = [pending for pending in group if pending is not mine]
+        if isinstance(outcome, list):
+            self._state.committed()
+            for pending, result in zip(group, outcome, strict=True):
+                pending.result, pending.done = result, True
+            self._notify()
+            return
+        self._state.clear()
+        if outcome is None or isinstance(outcome, (_Abandoned, _StaleState)):
+            self._queue[:0] = others
+            return
+        for pending in others:
+            pending.result, pending.done = outcome, True
 
     def _notify(self) -> None:
         appended, self._appended = self._appended, None
@@ -510,8 +532,8 @@ class SqliteBackend(Backend):
             self._state.clear()
             try:
                 await self._run_writer(self._begin)
-            except Interrupted:
-                self._inline(self._writer, rollback)  # BEGIN ran, but the unit of work will not
+            except asyncio.CancelledError:
+                self._inline(self._writer, rollback)  # in case BEGIN got the lock first: the unit will not run
                 raise
             token = self._in_tx.set(1)
             try:
@@ -541,7 +563,42 @@ class SqliteBackend(Backend):
         if finish_checkpoint:
             self._checkpoint_due = False
             fn = functools.partial(checkpoint_first, fn)
-        return await to_the_end(self._thread(self._writer, fn, True))
+        return await self._on_thread(fn)
+
+    async def _on_thread(self, fn: Callable[[sqlite3.Connection, bool], T]) -> T:
+        """``fn(conn, True)`` on the connection's thread, awaited to its end even if we are cancelled.
+
+        aiosqlite runs a queued call to its end whatever happens to its awaiter,
+        and anyio's shield does not stop a plain ``task.cancel()`` or
+        ``asyncio.wait_for``. Giving up the connection (and ``self._lock``)
+        before the thread is done would let the next writer run statements
+        inside that transaction. So a cancellation here first tells the thread
+        to stop waiting for the write lock (nothing begun, nothing written:
+        within one retry interval), or lets a begun transaction end (a few ms),
+        and is then raised as it came, carrying what the work ended with.
+        """
+        owner, conn = self._conn(self._writer)
+        abandon = self._abandon = threading.Event()
+        # aiosqlite's own queue and future, not its _execute coroutine: awaiting that in a
+        # task of ours would expose the future to cancellation of that task (e.g. at shutdown).
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        owner._tx.put_nowait((future, functools.partial(fn, conn, True)))
+        cancelled: asyncio.CancelledError | None = None
+        try:
+            while not future.done():
+                try:
+                    with anyio.CancelScope(shield=True):
+                        await asyncio.wait((future,))  # unlike awaiting it, never cancels the future
+                except asyncio.CancelledError as exc:
+                    cancelled = cancelled or exc
+                    abandon.set()
+        finally:
+            self._abandon = None
+        if cancelled is not None:
+            setattr(cancelled, _OUTCOME, future.exception() or future.result())
+            raise cancelled
+        with translated(self.path):
+            return future.result()
 
     @contextlib.asynccontextmanager
     async def _savepoint(self, name: str, depth: int) -> AsyncIterator[None]:
@@ -646,18 +703,6 @@ class SqliteBackend(Backend):
                 await self._thread(self._writer, lambda c: self._retrying(lambda: c.execute("VACUUM"), "vacuum"))
             if not self._memory:
                 await self._thread(self._writer, lambda c: c.execute("PRAGMA wal_checkpoint(TRUNCATE)"))
-
-
-def _group_outcomes(outcome: Any, size: int, path: str) -> list[list[AppendResult] | BaseException]:
-    """Each group member's outcome from what the group's transaction ended with."""
-    if isinstance(outcome, _StaleState):  # rolled back before its second, database-planned attempt
-        outcome = DatabaseError(
-            f"append to {path} not written: the group commit it joined was cancelled before a retry; append again"
-        )
-    if isinstance(outcome, BaseException):
-        return [outcome] * size
-    assert isinstance(outcome, list) and len(outcome) == size
-    return outcome
 
 
 def _others_ready() -> bool:
