@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from eventstore import EventStore, SignalPushed, open_store
+from eventstore import DatabaseError, EventStore, SignalPushed, open_store
 
 pytestmark = pytest.mark.anyio
 
@@ -183,3 +183,29 @@ async def another_writer_holding_the_lock(log: EventStore, url: str) -> AsyncIte
         if not released.is_set():
             released.set()
             await release()
+
+
+async def test_a_unit_of_work_whose_inner_append_timed_out_commits_all_it_acknowledged_or_fails(
+    store_url: str,
+) -> None:
+    """On PostgreSQL a cancelled statement aborts the transaction: COMMIT then rolls back, and must say so."""
+    numbers, outcomes = Numbers(), {"committed": 0, "refused": 0, "inner timeouts": 0}
+    async with opened(store_url) as log:
+        for round_ in range(80):
+            acknowledged: list[int] = []
+            try:
+                async with log.transaction():
+                    acknowledged += (await log.append(A, [pushed(numbers.next())])).positions
+                    try:
+                        inner = log.append("company:domain:b.ai", [pushed(numbers.next())])
+                        acknowledged += (await asyncio.wait_for(inner, 0.0001 * (1 + round_ % 10))).positions
+                    except TimeoutError:
+                        outcomes["inner timeouts"] += 1
+            except DatabaseError as exc:
+                assert "rolled back, not committed" in str(exc)
+                outcomes["refused"] += 1
+            else:
+                outcomes["committed"] += 1
+                assert set(acknowledged) <= await check(log)
+        assert outcomes["inner timeouts"] > 0
+        await check(log)

@@ -348,3 +348,15 @@ async def test_a_loop_of_appends_still_lets_timeouts_and_cancellation_in() -> No
                 await log.append(A, [pushed(i + 1)])
         assert scope.cancelled_caught
         assert 0 < await log.head_position() < 100_000
+
+
+@pytest.mark.parametrize("vacuum", [False, True])
+async def test_appends_go_on_after_maintenance_in_the_same_process(sqlite_path: str, vacuum: bool) -> None:
+    """maintain() must leave no statement in progress on the writer (wal_checkpoint returns a row)."""
+    async with open_store(sqlite_path) as log:
+        await log.append(A, [pushed(1)])
+        await log.maintain(vacuum=vacuum)
+        assert (await log.append(A, [pushed(2)])).positions == [2]
+        async with log.transaction():
+            await log.append(A, [pushed(3)])
+        assert (await log.verify()).ok

@@ -522,10 +522,17 @@ class PostgresBackend(Backend):
             self._uow.reset(token)
             with anyio.CancelScope(shield=True):
                 try:
-                    await conn.execute("COMMIT")
+                    status = await conn.execute("COMMIT")
                 except BaseException:
                     await self._undo(conn, "ROLLBACK")
                     raise
+            if status != "COMMIT":
+                # The server ended the transaction as failed (a statement in it was cancelled or
+                # failed and the body carried on): COMMIT then rolls back and says so.
+                raise DatabaseError(
+                    f"the unit of work on {self.display_name} was rolled back, not committed: "
+                    "a statement in it failed or was cancelled (nothing of it was written)"
+                )
         if uow.appended:
             self._notify()
 

@@ -697,12 +697,21 @@ class SqliteBackend(Backend):
         return {"file_size_bytes": size, "backend": "sqlite", "synchronous": self.synchronous}
 
     async def maintain(self, *, vacuum: bool) -> None:
+        # Each call returns None, never a cursor: aiosqlite's thread keeps the last result alive,
+        # and a cursor with a row left (wal_checkpoint returns one) would keep its statement in
+        # progress, so every later COMMIT on this connection would fail.
         async with self._lock:
-            await self._thread(self._writer, lambda c: c.executescript("ANALYZE; PRAGMA optimize;"))
+            await self._thread(self._writer, _run, "ANALYZE")
+            await self._thread(self._writer, _run, "PRAGMA optimize")
             if vacuum:
-                await self._thread(self._writer, lambda c: self._retrying(lambda: c.execute("VACUUM"), "vacuum"))
+                await self._thread(self._writer, lambda c: self._retrying(lambda: _run(c, "VACUUM"), "vacuum"))
             if not self._memory:
-                await self._thread(self._writer, lambda c: c.execute("PRAGMA wal_checkpoint(TRUNCATE)"))
+                await self._thread(self._writer, _run, "PRAGMA wal_checkpoint(TRUNCATE)")
+
+
+def _run(conn: sqlite3.Connection, sql: str) -> None:
+    """Run ``sql`` to its end, rows and all."""
+    conn.execute(sql).fetchall()
 
 
 def _others_ready() -> bool:
