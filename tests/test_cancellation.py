@@ -12,11 +12,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
+import threading
 from collections.abc import AsyncIterator
 
+import aiosqlite
 import pytest
 
-from eventstore import DatabaseError, EventStore, SignalPushed, open_store
+from eventstore import DatabaseError, EventStore, SignalPushed, StoreClosed, open_store
 
 pytestmark = pytest.mark.anyio
 
@@ -209,3 +211,19 @@ async def test_a_unit_of_work_whose_inner_append_timed_out_commits_all_it_acknow
                 assert set(acknowledged) <= await check(log)
         assert outcomes["inner timeouts"] > 0
         await check(log)
+
+
+async def test_a_cancelled_close_still_closes_everything(store_url: str) -> None:
+    log = await opened(store_url).open()
+    in_flight = asyncio.ensure_future(log.append(A, [pushed(1)]))
+    await asyncio.sleep(0)  # the append is leading its group now
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(log.aclose(), 0.0001)
+    with contextlib.suppress(StoreClosed):
+        await in_flight  # it finished before the close, or found the store closed
+    with pytest.raises(StoreClosed):
+        await log.append(A, [pushed(2)])
+    # No connection thread is left running (a live one would keep the interpreter from exiting).
+    assert not [t for t in threading.enumerate() if isinstance(t, aiosqlite.Connection) and t.is_alive()]
+    async with open_store(store_url) as again:
+        await check(again)

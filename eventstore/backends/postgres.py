@@ -46,7 +46,7 @@ from typing import Any, TypeVar
 import anyio
 import asyncpg  # the only module that imports the driver
 
-from eventstore.backends.base import Backend, PreparedAppend, WorkerLock
+from eventstore.backends.base import Backend, PreparedAppend, WorkerLock, run_to_the_end
 from eventstore.backends.pgappend import CALL, WRITTEN, append_call_args, results_of
 from eventstore.backends.pglock import KEEPALIVES, AdvisoryLock, lock_key
 from eventstore.backends.pgops import (
@@ -186,6 +186,9 @@ class PostgresBackend(Backend):
             log.info("%s: created schema %s", self.display_name, self.schema)
 
     async def aclose(self) -> None:
+        await run_to_the_end(self._close())  # half closed, the pool's connections would leak
+
+    async def _close(self) -> None:
         pool, self._pool = self._pool, None  # new work now fails with StoreClosed
         listener, self._listener = self._listener, None
         self._appended.set()

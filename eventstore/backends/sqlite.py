@@ -46,6 +46,7 @@ from eventstore.backends.base import (
     Backend,
     PreparedAppend,
     WorkerLock,
+    run_to_the_end,
 )
 from eventstore.backends.filelock import FileLock, MemoryLock, lock_path
 from eventstore.backends.plan import LogState, repeatable_ids
@@ -197,6 +198,9 @@ class SqliteBackend(Backend):
             conn.execute(f"PRAGMA wal_autocheckpoint={_BACKSTOP_CHECKPOINT_PAGES}")
 
     async def aclose(self) -> None:
+        await run_to_the_end(self._close())  # half closed, its threads would keep the interpreter alive
+
+    async def _close(self) -> None:
         async with self._lock:
             self._state.clear()  # a reopened store has new connections; the cache is theirs to fill
             for attr in ("_reader", "_writer"):
