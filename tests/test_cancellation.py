@@ -13,12 +13,14 @@ import asyncio
 import contextlib
 import sqlite3
 import threading
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Sequence
 
 import aiosqlite
 import pytest
 
-from eventstore import DatabaseError, EventStore, SignalPushed, StoreClosed, open_store
+from eventstore import DatabaseError, EventStore, RecordedEvent, SignalPushed, StoreClosed, open_store
+from eventstore.model import GuardedBatch, Statement
 
 pytestmark = pytest.mark.anyio
 
@@ -213,17 +215,62 @@ async def test_a_unit_of_work_whose_inner_append_timed_out_commits_all_it_acknow
         await check(log)
 
 
-async def test_a_cancelled_close_still_closes_everything(store_url: str) -> None:
+async def test_a_cancelled_close_is_never_left_halfway(store_url: str) -> None:
+    """Cancelled, a close either finished or left the store whole and open (then a second close finishes it)."""
     log = await opened(store_url).open()
     in_flight = asyncio.ensure_future(log.append(A, [pushed(1)]))
     await asyncio.sleep(0)  # the append is leading its group now
-    with contextlib.suppress(TimeoutError):
+    try:
         await asyncio.wait_for(log.aclose(), 0.0001)
-    with contextlib.suppress(StoreClosed):
-        await in_flight  # it finished before the close, or found the store closed
+    except TimeoutError:
+        with contextlib.suppress(StoreClosed, DatabaseError):
+            await in_flight  # the close gave up while the append held the store, or cut it off
+        with contextlib.suppress(StoreClosed):
+            await log.append(A, [pushed(2)])  # works if the close gave up first
+        await log.aclose()
+    else:
+        with contextlib.suppress(StoreClosed, DatabaseError):
+            await in_flight
     with pytest.raises(StoreClosed):
-        await log.append(A, [pushed(2)])
+        await log.append(A, [pushed(3)])
     # No connection thread is left running (a live one would keep the interpreter from exiting).
     assert not [t for t in threading.enumerate() if isinstance(t, aiosqlite.Connection) and t.is_alive()]
     async with open_store(store_url) as again:
         await check(again)
+
+
+async def test_appends_whose_callers_gave_up_waiting_are_not_written_later(store_url: str) -> None:
+    """Callers that all timed out behind another writer's lock: none of their events may land afterwards."""
+    async with opened(store_url) as log:
+        await log.append("s:x", [pushed(1)])
+        async with another_writer_holding_the_lock(log, store_url):
+            outcomes = await asyncio.gather(
+                *(asyncio.wait_for(log.append(f"s:{n}", [pushed(n)]), 0.3) for n in range(2, 6)),
+                return_exceptions=True,
+            )
+        assert [type(outcome) for outcome in outcomes] == [TimeoutError] * 4
+        await log.append("s:later", [pushed(9)])
+        assert [event.stream async for event in log.read_all()] == ["s:x", "s:later"]
+        await check(log)
+
+
+async def test_group_members_of_a_cancelled_leader_get_the_store_s_own_errors(sqlite_path: str) -> None:
+    """A failed group's error reaches the others translated (DatabaseError), whether or not the leader was cancelled."""
+
+    def hook(recorded: Sequence[RecordedEvent]) -> Sequence[GuardedBatch]:
+        time.sleep(0.1)  # on the connection's thread: time to cancel the leader meanwhile
+        return [GuardedBatch(None, [Statement("INSERT INTO no_such_read_model VALUES (1)")])]
+
+    async with opened(sqlite_path) as log:
+        log.backend.set_inline_hook(hook)
+        for cancel_leader in (False, True):
+            leader = asyncio.ensure_future(log.append("s:a", [pushed(1)]))
+            member = asyncio.ensure_future(log.append("s:b", [pushed(2)]))
+            await asyncio.sleep(0.05)
+            if cancel_leader:
+                leader.cancel()
+            outcomes = await asyncio.gather(leader, member, return_exceptions=True)
+            assert isinstance(outcomes[1], DatabaseError), outcomes
+            assert "no_such_read_model" in str(outcomes[1])
+        log.backend.set_inline_hook(None)
+        assert await log.head_position() == 0

@@ -15,13 +15,10 @@ lives in :mod:`eventstore.store`. Each backend implements the same guarantees:
 from __future__ import annotations
 
 import abc
-import asyncio
 import contextlib
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from typing import Any, NamedTuple, TypeVar
-
-import anyio
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any, NamedTuple
 
 from eventstore.codec import chain_hash, from_micros
 from eventstore.errors import DuplicateEventError, WrongExpectedVersion
@@ -47,11 +44,9 @@ __all__ = (
     "build_rows",
     "check_expected_version",
     "resolve_known_ids",
-    "run_to_the_end",
 )
 
 Clock = Callable[[], int]  # microseconds since the epoch
-T = TypeVar("T")
 
 
 class PreparedEvent(NamedTuple):
@@ -218,7 +213,8 @@ def check_expected_version(stream: str, expected: ExpectedVersion, current: int)
 def resolve_known_ids(request: PreparedAppend, existing: Sequence[Row], current_version: int) -> AppendResult | None:
     """Decide an append whose ids may already be recorded.
 
-    Returns the original result when every id is known with the same content
+    Returns the original positions (with the stream's current version, not
+    written) when every id is known with the same content
     (stream, type, data), None when none is known, and raises otherwise.
     """
     if not existing:
@@ -293,25 +289,3 @@ def _recorded(row: Row, event: PreparedEvent, when: Any) -> RecordedEvent:
 
 def _uuid(raw: bytes) -> str:
     return str(uuid.UUID(bytes=raw))
-
-
-async def run_to_the_end(work: Awaitable[T]) -> T:
-    """Run ``work`` (closing a store, say) to its end even if the caller is cancelled meanwhile.
-
-    anyio's shield stops anyio's cancellation only, not a plain ``task.cancel()``
-    or ``asyncio.wait_for``. A cancellation that arrived meanwhile is raised
-    afterwards, as it came (``asyncio.timeout()`` and ``TaskGroup`` recognise
-    only their own CancelledError). Not for the append path: the task costs
-    ~20 µs.
-    """
-    task = asyncio.ensure_future(work)
-    cancelled: asyncio.CancelledError | None = None
-    while not task.done():
-        try:
-            with anyio.CancelScope(shield=True):
-                await asyncio.wait((task,))  # unlike awaiting it, never cancels the task
-        except asyncio.CancelledError as exc:
-            cancelled = cancelled or exc
-    if cancelled is not None:
-        raise cancelled
-    return task.result()

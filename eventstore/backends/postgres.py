@@ -46,7 +46,7 @@ from typing import Any, TypeVar
 import anyio
 import asyncpg  # the only module that imports the driver
 
-from eventstore.backends.base import Backend, PreparedAppend, WorkerLock, run_to_the_end
+from eventstore.backends.base import Backend, PreparedAppend, WorkerLock
 from eventstore.backends.pgappend import CALL, WRITTEN, append_call_args, results_of
 from eventstore.backends.pglock import KEEPALIVES, AdvisoryLock, lock_key
 from eventstore.backends.pgops import (
@@ -88,12 +88,14 @@ _MIGRATE_LOCK = 0x45_53_4D_47  # "ESMG"
 
 
 class _Pending:
-    __slots__ = ("done", "requests", "result")
+    __slots__ = ("done", "requests", "result", "withdrawn")
 
     def __init__(self, requests: Sequence[PreparedAppend]) -> None:
         self.requests = requests
         self.result: _Outcome | None = None
         self.done = False
+        #: Its caller left (cancelled) before it was done: never to be sent again.
+        self.withdrawn = False
 
 
 class _UnitOfWork:
@@ -186,21 +188,27 @@ class PostgresBackend(Backend):
             log.info("%s: created schema %s", self.display_name, self.schema)
 
     async def aclose(self) -> None:
-        await run_to_the_end(self._close())  # half closed, the pool's connections would leak
-
-    async def _close(self) -> None:
         pool, self._pool = self._pool, None  # new work now fails with StoreClosed
         listener, self._listener = self._listener, None
         self._appended.set()
-        with anyio.CancelScope(shield=True):
+        try:
+            with anyio.CancelScope(shield=True):
+                if pool is not None:
+                    async with self._lock:  # a group in flight finishes on the appender first
+                        await self._drop_appender(pool)
+                if listener is not None:
+                    with contextlib.suppress(Exception):
+                        await listener.close(timeout=5)
+                if pool is not None:
+                    await pool.close()  # waits for connections in use (a unit of work, say)
+        except BaseException:
+            # Cut short (a plain asyncio cancellation gets through the shield): close the rest
+            # at once rather than leak it. Units of work still open lose their connection.
+            if listener is not None and not listener.is_closed():
+                listener.terminate()
             if pool is not None:
-                async with self._lock:  # a group in flight finishes on the appender first
-                    await self._drop_appender(pool)
-            if listener is not None:
-                with contextlib.suppress(Exception):
-                    await listener.close(timeout=5)
-            if pool is not None:
-                await pool.close()
+                pool.terminate()
+            raise
 
     def set_inline_hook(self, hook: InlineHook | None) -> None:
         self._hook = hook
@@ -349,6 +357,8 @@ class PostgresBackend(Backend):
                     await self._lead(item, clock)
         except BaseException:
             # Cancelled while queued: withdraw, or a later group would write it behind the caller's back.
+            # (Already in a group's transaction, it stays there: its outcome is unknown to the caller.)
+            item.withdrawn = True
             if item in self._queue:
                 self._queue.remove(item)
             raise
@@ -366,7 +376,7 @@ class PostgresBackend(Backend):
             # shield and stops the group's statement: whether it committed is unknown. The others
             # go again, which is idempotent: their events carry the ids they were given already,
             # now looked up before anything is written.
-            others = [pending for pending in group if pending is not mine]
+            others = [pending for pending in group if pending is not mine and not pending.withdrawn]
             for pending in others:
                 pending.requests = [request.retried() for request in pending.requests]
             self._queue[:0] = others

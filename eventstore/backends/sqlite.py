@@ -46,7 +46,6 @@ from eventstore.backends.base import (
     Backend,
     PreparedAppend,
     WorkerLock,
-    run_to_the_end,
 )
 from eventstore.backends.filelock import FileLock, MemoryLock, lock_path
 from eventstore.backends.plan import LogState, repeatable_ids
@@ -106,12 +105,14 @@ _OUTCOME = "eventstore_outcome"
 
 
 class _Pending:
-    __slots__ = ("done", "requests", "result")
+    __slots__ = ("done", "requests", "result", "withdrawn")
 
     def __init__(self, requests: Sequence[PreparedAppend]) -> None:
         self.requests = requests
         self.result: list[AppendResult] | BaseException | None = None
         self.done = False
+        #: Its caller left (cancelled) before it was done: never to be sent again.
+        self.withdrawn = False
 
 
 class SqliteBackend(Backend):
@@ -198,22 +199,28 @@ class SqliteBackend(Backend):
             conn.execute(f"PRAGMA wal_autocheckpoint={_BACKSTOP_CHECKPOINT_PAGES}")
 
     async def aclose(self) -> None:
-        await run_to_the_end(self._close())  # half closed, its threads would keep the interpreter alive
-
-    async def _close(self) -> None:
+        # Waiting for the lock (a unit of work may hold it) can be cancelled; once it is held,
+        # the closing runs to its end: half closed, the connection threads would keep the
+        # interpreter from exiting.
         async with self._lock:
             self._state.clear()  # a reopened store has new connections; the cache is theirs to fill
-            for attr in ("_reader", "_writer"):
-                conn: aiosqlite.Connection | None = getattr(self, attr)
-                setattr(self, attr, None)
-                if conn is not None:
-                    with anyio.CancelScope(shield=True):
-                        await conn.close()
-            checkpointer, self._checkpointer = self._checkpointer, None
-            if checkpointer is not None:
-                with anyio.CancelScope(shield=True):
-                    await anyio.to_thread.run_sync(checkpointer.close)
+            closing = asyncio.ensure_future(self._close_connections())
+            cancelled = await _wait_out(closing)
+            if cancelled is not None:
+                closing.exception()  # retrieved: the cancellation is what the caller gets
+                raise cancelled
+            closing.result()
         self._notify()
+
+    async def _close_connections(self) -> None:
+        for attr in ("_reader", "_writer"):
+            conn: aiosqlite.Connection | None = getattr(self, attr)
+            setattr(self, attr, None)
+            if conn is not None:
+                await conn.close()
+        checkpointer, self._checkpointer = self._checkpointer, None
+        if checkpointer is not None:
+            await anyio.to_thread.run_sync(checkpointer.close)
 
     def set_inline_hook(self, hook: InlineHook | None) -> None:
         self._hook = hook
@@ -355,6 +362,8 @@ class SqliteBackend(Backend):
                     self._notify()
         except BaseException:
             # Cancelled while queued: withdraw, or a later group would write it behind the caller's back.
+            # (Already in a group's transaction, it stays there: its outcome is unknown to the caller.)
+            item.withdrawn = True
             if item in self._queue:
                 self._queue.remove(item)
             raise
@@ -373,7 +382,7 @@ class SqliteBackend(Backend):
         return outcomes
 
     def _interrupted(self, cancelled: asyncio.CancelledError, mine: _Pending, group: list[_Pending]) -> None:
-        """The group's leader was cancelled while its transaction ran on the thread (see _run_writer).
+        """The group's leader was cancelled while its transaction ran on the thread (see _on_thread).
 
         The transaction has ended by now. If it committed, the others get their
         results; if nothing was written (abandoned before BEGIN, rolled back),
@@ -381,7 +390,7 @@ class SqliteBackend(Backend):
         cancellation: its outcome is unknown to it.
         """
         outcome = getattr(cancelled, _OUTCOME, None)
-        others = [pending for pending in group if pending is not mine]
+        others = [pending for pending in group if pending is not mine and not pending.withdrawn]
         if isinstance(outcome, list):
             self._state.committed()
             for pending, result in zip(group, outcome, strict=True):
@@ -587,22 +596,20 @@ class SqliteBackend(Backend):
         # task of ours would expose the future to cancellation of that task (e.g. at shutdown).
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         owner._tx.put_nowait((future, functools.partial(fn, conn, True)))
-        cancelled: asyncio.CancelledError | None = None
         try:
-            while not future.done():
-                try:
-                    with anyio.CancelScope(shield=True):
-                        await asyncio.wait((future,))  # unlike awaiting it, never cancels the future
-                except asyncio.CancelledError as exc:
-                    cancelled = cancelled or exc
-                    abandon.set()
+            cancelled = await _wait_out(future, abandon.set)
         finally:
             self._abandon = None
-        if cancelled is not None:
-            setattr(cancelled, _OUTCOME, future.exception() or future.result())
-            raise cancelled
-        with translated(self.path):
-            return future.result()
+        if cancelled is None:
+            with translated(self.path):
+                return future.result()
+        try:
+            with translated(self.path):
+                outcome: Any = future.result()
+        except BaseException as exc:  # what the others in a group would have got
+            outcome = exc
+        setattr(cancelled, _OUTCOME, outcome)
+        raise cancelled
 
     @contextlib.asynccontextmanager
     async def _savepoint(self, name: str, depth: int) -> AsyncIterator[None]:
@@ -711,6 +718,27 @@ class SqliteBackend(Backend):
                 await self._thread(self._writer, lambda c: self._retrying(lambda: _run(c, "VACUUM"), "vacuum"))
             if not self._memory:
                 await self._thread(self._writer, _run, "PRAGMA wal_checkpoint(TRUNCATE)")
+
+
+async def _wait_out(
+    work: asyncio.Future[Any], on_cancel: Callable[[], None] | None = None
+) -> asyncio.CancelledError | None:
+    """Wait until ``work`` is done, whatever cancels us meanwhile; return the first such cancellation.
+
+    anyio's shield stops anyio's cancellation only, not a plain ``task.cancel()``
+    or ``asyncio.wait_for``. The caller raises the cancellation afterwards, as
+    it came: ``asyncio.timeout()`` and ``TaskGroup`` recognise only their own.
+    """
+    cancelled: asyncio.CancelledError | None = None
+    while not work.done():
+        try:
+            with anyio.CancelScope(shield=True):
+                await asyncio.wait((work,))  # unlike awaiting it, never cancels the work
+        except asyncio.CancelledError as exc:
+            cancelled = cancelled or exc
+            if on_cancel is not None:
+                on_cancel()
+    return cancelled
 
 
 def _run(conn: sqlite3.Connection, sql: str) -> None:
