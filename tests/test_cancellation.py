@@ -274,3 +274,21 @@ async def test_group_members_of_a_cancelled_leader_get_the_store_s_own_errors(sq
             assert "no_such_read_model" in str(outcomes[1])
         log.backend.set_inline_hook(None)
         assert await log.head_position() == 0
+
+
+async def test_sqlite_does_not_write_a_member_whose_caller_left_while_the_group_waited_for_the_lock(
+    sqlite_path: str,
+) -> None:
+    """On SQLite the group is planned only once it holds the write lock: a caller gone by then is left out."""
+    async with opened(sqlite_path) as log:
+        await log.append("s:x", [pushed(1)])
+        async with another_writer_holding_the_lock(log, sqlite_path) as released:
+            # Both join one group, which the leader takes to the thread, where it waits for the lock.
+            leader = asyncio.ensure_future(asyncio.wait_for(log.append("s:leader", [pushed(2)]), 20))
+            member = asyncio.ensure_future(asyncio.wait_for(log.append("order:7", [pushed(3)]), 0.3))
+            with pytest.raises(TimeoutError):
+                await member
+            assert not released.is_set()
+        assert (await leader).positions == [2]
+        assert [event.stream async for event in log.read_all()] == ["s:x", "s:leader"]
+        await check(log)

@@ -102,6 +102,8 @@ class _Abandoned(Exception):
 
 # Set on a CancelledError that interrupted work on the connection's thread: what the work ended with.
 _OUTCOME = "eventstore_outcome"
+# The outcome of an append whose caller left before it was written (nobody reads it).
+_WITHDRAWN = asyncio.CancelledError("the caller left before the append was written")
 
 
 class _Pending:
@@ -199,28 +201,30 @@ class SqliteBackend(Backend):
             conn.execute(f"PRAGMA wal_autocheckpoint={_BACKSTOP_CHECKPOINT_PAGES}")
 
     async def aclose(self) -> None:
-        # Waiting for the lock (a unit of work may hold it) can be cancelled; once it is held,
-        # the closing runs to its end: half closed, the connection threads would keep the
-        # interpreter from exiting.
+        # Waiting for the lock (a unit of work may hold it) can be cancelled: the store stays
+        # open and whole. Once it is held, aiosqlite's stop() queues each connection's close
+        # behind its thread's work and returns at once: the threads end even if this task is
+        # cancelled meanwhile (left running, they would keep the interpreter from exiting).
         async with self._lock:
             self._state.clear()  # a reopened store has new connections; the cache is theirs to fill
-            closing = asyncio.ensure_future(self._close_connections())
-            cancelled = await _wait_out(closing)
+            stopping = []
+            for attr in ("_reader", "_writer"):
+                conn: aiosqlite.Connection | None = getattr(self, attr)
+                setattr(self, attr, None)
+                if conn is not None and (future := conn.stop()) is not None:
+                    stopping.append(future)
+            checkpointer, self._checkpointer = self._checkpointer, None
+            cancelled: asyncio.CancelledError | None = None
+            for future in stopping:
+                cancelled = await _wait_out(future) or cancelled
+            if checkpointer is not None:
+                if cancelled is None:
+                    await anyio.to_thread.run_sync(checkpointer.close)
+                else:  # a daemon thread: let it finish on its own
+                    threading.Thread(target=checkpointer.close, daemon=True).start()
             if cancelled is not None:
-                closing.exception()  # retrieved: the cancellation is what the caller gets
                 raise cancelled
-            closing.result()
         self._notify()
-
-    async def _close_connections(self) -> None:
-        for attr in ("_reader", "_writer"):
-            conn: aiosqlite.Connection | None = getattr(self, attr)
-            setattr(self, attr, None)
-            if conn is not None:
-                await conn.close()
-        checkpointer, self._checkpointer = self._checkpointer, None
-        if checkpointer is not None:
-            await anyio.to_thread.run_sync(checkpointer.close)
 
     def set_inline_hook(self, hook: InlineHook | None) -> None:
         self._hook = hook
@@ -412,7 +416,20 @@ class SqliteBackend(Backend):
     def _append_group(
         self, conn: sqlite3.Connection, group: list[_Pending], clock: Clock
     ) -> list[list[AppendResult] | BaseException]:
-        items = [pending.requests for pending in group]
+        # Under the write lock now (the thread may have waited for it): a caller that has
+        # left meanwhile is not written behind its back. Its outcome is never read.
+        left = [pending.withdrawn for pending in group]
+        if not any(left):
+            return self._append_items(conn, [pending.requests for pending in group], clock)
+        staying = [pending.requests for pending, gone in zip(group, left, strict=True) if not gone]
+        outcomes = iter(self._append_items(conn, staying, clock))
+        return [_WITHDRAWN if gone else next(outcomes) for gone in left]
+
+    def _append_items(
+        self, conn: sqlite3.Connection, items: list[Sequence[PreparedAppend]], clock: Clock
+    ) -> list[list[AppendResult] | BaseException]:
+        if not items:
+            return []
         cached = self._state.lookup(conn, items)
         if cached is not None:
             outcomes = self._append_from_cache(conn, items, clock, cached)
