@@ -280,7 +280,7 @@ async def test_rows_refused_after_planning_from_a_stale_cache_are_planned_again_
         await log.append(A, [pushed(1)])
         await log.append(A, [pushed(2)])
         await log.append(A, [pushed(3)])
-        state: Any = log.backend._state  # type: ignore[attr-defined]
+        state: Any = log.backend._writes.state  # type: ignore[attr-defined]
         position, _, recorded_at = state._head
         (head_before,) = [e async for e in log.read_all(from_position=1, limit=1)]
         state._head = (1, head_before.hash, recorded_at)  # as if positions 2 and 3 were unknown to it

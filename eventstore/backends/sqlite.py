@@ -23,7 +23,10 @@ Why the shape (measured on the 2-core target machine, see README "Performance"):
 * Reads use their own connection: under WAL they never wait behind a write.
 
 What runs on a connection (the state read, batches, error translation, the
-background checkpointer) lives in :mod:`eventstore.backends.sqliteops`.
+background checkpointer) lives in :mod:`eventstore.backends.sqliteops`; what
+one append transaction does (plan, insert, inline hook) in
+:mod:`eventstore.backends.sqlitewrite`. This module decides where and when:
+inline or on the thread, group commit, units of work, cancellation.
 """
 
 from __future__ import annotations
@@ -48,13 +51,10 @@ from eventstore.backends.base import (
     WorkerLock,
 )
 from eventstore.backends.filelock import FileLock, MemoryLock, lock_path
-from eventstore.backends.plan import LogState, repeatable_ids
 from eventstore.backends.sqliteops import (
     CHECKPOINT_CHANGES,
     COLUMNS,
-    INSERT,
     Checkpointer,
-    StateCache,
     checkpoint_first,
     commit,
     fetch_positions,
@@ -62,19 +62,18 @@ from eventstore.backends.sqliteops import (
     find_ids,
     is_busy,
     migrate_one,
-    read_state,
     rollback,
     run_batches,
-    translate,
     translated,
 )
+from eventstore.backends.sqlitewrite import StaleState, Writes
 from eventstore.errors import (
     DatabaseError,
     EventStoreError,
     StoreClosed,
 )
 from eventstore.migrations import MigrationSet
-from eventstore.model import AppendResult, GuardedBatch, InlineHook, RecordedEvent, Row
+from eventstore.model import AppendResult, GuardedBatch, InlineHook, Row
 
 __all__ = ("SqliteBackend",)
 
@@ -90,10 +89,6 @@ _MAX_UNYIELDED = 0.002
 
 class _WouldBlock(Exception):
     """The inline attempt would have had to wait for the write lock."""
-
-
-class _StaleState(Exception):
-    """The database refused rows planned from the state cache: plan the group again from the database."""
 
 
 class _Abandoned(Exception):
@@ -145,9 +140,8 @@ class SqliteBackend(Backend):
         self._lock = asyncio.Lock()
         self._queue: list[_Pending] = []
         self._abandon: threading.Event | None = None  # set: the thread's caller gave up waiting for the lock
-        self._state = StateCache()
+        self._writes = Writes(path)
         self._yielded_at = 0.0
-        self._hook: InlineHook | None = None
         self._in_tx: contextvars.ContextVar[int] = contextvars.ContextVar(f"sqlite_tx_{id(self)}", default=0)
         self._checkpointer: Checkpointer | None = None
         self._changes_at_checkpoint = 0
@@ -206,7 +200,7 @@ class SqliteBackend(Backend):
         # behind its thread's work and returns at once: the threads end even if this task is
         # cancelled meanwhile (left running, they would keep the interpreter from exiting).
         async with self._lock:
-            self._state.clear()  # a reopened store has new connections; the cache is theirs to fill
+            self._writes.state.clear()  # a reopened store has new connections; the cache is theirs to fill
             stopping = []
             for attr in ("_reader", "_writer"):
                 conn: aiosqlite.Connection | None = getattr(self, attr)
@@ -227,7 +221,7 @@ class SqliteBackend(Backend):
         self._notify()
 
     def set_inline_hook(self, hook: InlineHook | None) -> None:
-        self._hook = hook
+        self._writes.hook = hook
 
     # -- running work on a connection -------------------------------------
 
@@ -338,7 +332,7 @@ class SqliteBackend(Backend):
 
     async def append(self, requests: Sequence[PreparedAppend], clock: Clock) -> list[AppendResult]:
         if self._in_tx.get():
-            return await self._write(lambda c: self._append_item(c, requests, clock))
+            return await self._write(lambda c: self._writes.append_item(c, requests, clock))
         item = _Pending(requests)
         self._queue.append(item)
         try:
@@ -359,7 +353,7 @@ class SqliteBackend(Backend):
                         self._interrupted(exc, item, group)
                         raise
                     except BaseException as exc:  # the whole group failed (e.g. disk full)
-                        self._state.clear()
+                        self._writes.state.clear()
                         outcomes = [exc] * len(group)
                     for pending, outcome in zip(group, outcomes, strict=True):
                         pending.result, pending.done = outcome, True
@@ -379,10 +373,10 @@ class SqliteBackend(Backend):
     async def _commit_group(self, group: list[_Pending], clock: Clock) -> list[list[AppendResult] | BaseException]:
         try:
             outcomes = await self._write(lambda c: self._append_group(c, group, clock))
-        except _StaleState:  # rolled back: once more, from the database
-            self._state.clear()
+        except StaleState:  # rolled back: once more, from the database
+            self._writes.state.clear()
             outcomes = await self._write(lambda c: self._append_group(c, group, clock))
-        self._state.committed()
+        self._writes.state.committed()
         return outcomes
 
     def _interrupted(self, cancelled: asyncio.CancelledError, mine: _Pending, group: list[_Pending]) -> None:
@@ -396,13 +390,13 @@ class SqliteBackend(Backend):
         outcome = getattr(cancelled, _OUTCOME, None)
         others = [pending for pending in group if pending is not mine and not pending.withdrawn]
         if isinstance(outcome, list):
-            self._state.committed()
+            self._writes.state.committed()
             for pending, result in zip(group, outcome, strict=True):
                 pending.result, pending.done = result, True
             self._notify()
             return
-        self._state.clear()
-        if outcome is None or isinstance(outcome, (_Abandoned, _StaleState)):
+        self._writes.state.clear()
+        if outcome is None or isinstance(outcome, (_Abandoned, StaleState)):
             self._queue[:0] = others
             return
         for pending in others:
@@ -420,132 +414,10 @@ class SqliteBackend(Backend):
         # left meanwhile is not written behind its back. Its outcome is never read.
         left = [pending.withdrawn for pending in group]
         if not any(left):
-            return self._append_items(conn, [pending.requests for pending in group], clock)
+            return self._writes.append_items(conn, [pending.requests for pending in group], clock)
         staying = [pending.requests for pending, gone in zip(group, left, strict=True) if not gone]
-        outcomes = iter(self._append_items(conn, staying, clock))
+        outcomes = iter(self._writes.append_items(conn, staying, clock))
         return [_WITHDRAWN if gone else next(outcomes) for gone in left]
-
-    def _append_items(
-        self, conn: sqlite3.Connection, items: list[Sequence[PreparedAppend]], clock: Clock
-    ) -> list[list[AppendResult] | BaseException]:
-        if not items:
-            return []
-        cached = self._state.lookup(conn, items)
-        if cached is not None:
-            outcomes = self._append_from_cache(conn, items, clock, cached)
-            if outcomes is not None:
-                return outcomes
-        if len(items) == 1:
-            return self._append_planned(conn, items, clock, read_state(conn, items))
-        # Plan the whole group in memory from one read of the log's state: a caller
-        # whose check fails changes nothing, and the accepted rows go in one
-        # executemany. Only if the database itself refuses something (a read
-        # model's constraint, say) is the group redone one savepoint per caller
-        # (never from the cache: see _append_from_cache).
-        conn.execute("SAVEPOINT es_group")
-        try:
-            outcomes = self._append_planned(conn, items, clock, read_state(conn, items))
-        except sqlite3.Error:
-            conn.execute("ROLLBACK TO es_group")
-            conn.execute("RELEASE es_group")
-            self._state.planned(None)
-            return self._append_each(conn, items, clock)
-        conn.execute("RELEASE es_group")
-        return outcomes
-
-    def _append_from_cache(
-        self, conn: sqlite3.Connection, items: list[Sequence[PreparedAppend]], clock: Clock, state: LogState
-    ) -> list[list[AppendResult] | BaseException] | None:
-        """The group planned from the cached state, or None: then plan it from the database.
-
-        The cache knows no event ids. A lone event's INSERT is its own id
-        probe: refused by the append-only trigger, it changed nothing. Anything
-        larger probes its ids first (a failed executemany would leave rows
-        behind, and a savepoint around it costs more than the probe: its
-        statement journal spills to disk); should the database still refuse
-        its rows, the whole transaction rolls back and runs again from the
-        database (_StaleState). A refusal planned from the cache is not trusted
-        either (an idempotent re-append passes any version check): it, and a
-        group whose read models may refuse it, are decided from the database.
-        """
-        if self._hook is not None and len(items) > 1:
-            return None
-        lone = len(items) == 1 and len(items[0]) == 1 and len(items[0][0].events) == 1
-        if not lone:
-            ids = repeatable_ids(items)
-            if ids and find_ids(conn, ids):
-                return None
-        outcomes, rows, recorded = self._plan(items, clock, state)
-        if any(isinstance(outcome, BaseException) for outcome in outcomes):
-            return None
-        try:
-            self._insert(conn, rows)
-        except sqlite3.IntegrityError as exc:
-            if lone:
-                return None
-            raise _StaleState from exc
-        self._run_hook(conn, recorded)
-        self._state.planned(state)
-        return outcomes
-
-    def _append_planned(
-        self, conn: sqlite3.Connection, items: list[Sequence[PreparedAppend]], clock: Clock, state: LogState
-    ) -> list[list[AppendResult] | BaseException]:
-        outcomes, rows, recorded = self._plan(items, clock, state)
-        self._insert(conn, rows)
-        self._run_hook(conn, recorded)
-        self._state.planned(state)
-        return outcomes
-
-    def _plan(
-        self, items: list[Sequence[PreparedAppend]], clock: Clock, state: LogState
-    ) -> tuple[list[list[AppendResult] | BaseException], list[Row], list[RecordedEvent]]:
-        outcomes: list[list[AppendResult] | BaseException] = []
-        rows: list[Row] = []
-        recorded: list[RecordedEvent] = []
-        for requests in items:
-            try:
-                results, item_rows, item_recorded = state.plan(requests, clock, with_records=self._hook is not None)
-            except EventStoreError as exc:
-                outcomes.append(exc)
-                continue
-            outcomes.append(results)
-            rows += item_rows
-            recorded += item_recorded
-        return outcomes, rows, recorded
-
-    def _insert(self, conn: sqlite3.Connection, rows: list[Row]) -> None:
-        if len(rows) == 1:
-            conn.execute(INSERT, rows[0])  # executemany costs ~2 µs more for one row
-        elif rows:
-            conn.executemany(INSERT, rows)
-
-    def _run_hook(self, conn: sqlite3.Connection, recorded: list[RecordedEvent]) -> None:
-        if recorded and self._hook is not None:
-            run_batches(conn, self._hook(recorded))
-
-    def _append_each(
-        self, conn: sqlite3.Connection, items: list[Sequence[PreparedAppend]], clock: Clock
-    ) -> list[list[AppendResult] | BaseException]:
-        outcomes: list[list[AppendResult] | BaseException] = []
-        for requests in items:
-            conn.execute("SAVEPOINT es_item")
-            try:
-                outcomes.append(self._append_item(conn, requests, clock))
-            except (EventStoreError, sqlite3.IntegrityError) as exc:
-                conn.execute("ROLLBACK TO es_item")
-                outcomes.append(translate(exc, self.path))
-            conn.execute("RELEASE es_item")
-        self._state.planned(None)  # each item read its own state: forget them
-        return outcomes
-
-    def _append_item(
-        self, conn: sqlite3.Connection, requests: Sequence[PreparedAppend], clock: Clock
-    ) -> list[AppendResult]:
-        (outcome,) = self._append_planned(conn, [requests], clock, read_state(conn, [requests]))
-        if isinstance(outcome, BaseException):
-            raise outcome
-        return outcome
 
     # -- units of work ---------------------------------------------------
 
@@ -559,7 +431,7 @@ class SqliteBackend(Backend):
         async with self._lock:
             # Appends in a unit of work may roll back, and this connection's commits leave
             # data_version unchanged: the state cache cannot follow them, so it starts over.
-            self._state.clear()
+            self._writes.state.clear()
             try:
                 await self._run_writer(self._begin)
             except asyncio.CancelledError:
