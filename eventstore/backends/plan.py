@@ -14,9 +14,10 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from eventstore.backends.base import PreparedAppend, build_rows, check_expected_version, resolve_known_ids
+from eventstore.errors import EventStoreError
 from eventstore.model import AppendResult, RecordedEvent, Row
 
-__all__ = ("LogState", "may_repeat", "repeatable_ids")
+__all__ = ("LogState", "may_repeat", "plan_group", "repeatable_ids")
 
 
 def may_repeat(request: PreparedAppend) -> bool:
@@ -77,3 +78,25 @@ class LogState:
     def _row(self, event_id: bytes, added: dict[bytes, Row]) -> Row | None:
         row = added.get(event_id)
         return row if row is not None else self.known.get(event_id)
+
+
+def plan_group(
+    state: LogState, items: Sequence[Sequence[PreparedAppend]], now: Callable[[], int], *, with_records: bool
+) -> tuple[list[list[AppendResult] | BaseException], list[Row], list[list[RecordedEvent]]]:
+    """Every caller's plan in arrival order: its results or its error, all rows, each caller's records.
+
+    A caller whose check fails gets its error and changes nothing; the others go on.
+    """
+    outcomes: list[list[AppendResult] | BaseException] = []
+    rows: list[Row] = []
+    recorded: list[list[RecordedEvent]] = []
+    for requests in items:
+        try:
+            results, item_rows, item_recorded = state.plan(requests, now, with_records=with_records)
+        except EventStoreError as exc:
+            outcomes.append(exc)
+            continue
+        outcomes.append(results)
+        rows += item_rows
+        recorded.append(item_recorded)
+    return outcomes, rows, recorded

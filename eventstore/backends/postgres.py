@@ -63,6 +63,7 @@ from eventstore.backends.pgops import (
     tuples,
 )
 from eventstore.backends.pgtext import app_role_sql, parse_url, quote_ident
+from eventstore.backends.plan import plan_group
 from eventstore.errors import (
     DatabaseError,
     DuplicateEventError,
@@ -483,18 +484,7 @@ class PostgresBackend(Backend):
     async def _write_items(self, conn: Any, items: list[Sequence[PreparedAppend]], clock: Clock) -> list[_Outcome]:
         """Check, number and insert every caller's requests; a failed check fails only its caller."""
         state = await read_state(conn, items)
-        outcomes: list[_Outcome] = []
-        rows: list[Row] = []
-        recorded = []
-        for requests in items:
-            try:
-                results, item_rows, item_recorded = state.plan(requests, clock, with_records=self._hook is not None)
-            except EventStoreError as exc:
-                outcomes.append(exc)
-                continue
-            outcomes.append(results)
-            rows += item_rows
-            recorded.append(item_recorded)
+        outcomes, rows, recorded = plan_group(state, items, clock, with_records=self._hook is not None)
         if rows:
             await conn.execute(INSERT, *zip(*rows, strict=True), self._channel, str(rows[-1][0]))
         if self._hook is not None:

@@ -14,7 +14,7 @@ import sqlite3
 from collections.abc import Callable, Sequence
 
 from eventstore.backends.base import PreparedAppend
-from eventstore.backends.plan import LogState, repeatable_ids
+from eventstore.backends.plan import LogState, plan_group, repeatable_ids
 from eventstore.backends.sqliteops import INSERT, StateCache, find_ids, read_state, run_batches, translate
 from eventstore.errors import EventStoreError
 from eventstore.model import AppendResult, InlineHook, RecordedEvent, Row
@@ -112,19 +112,8 @@ class Writes:
     def plan(
         self, items: list[Sequence[PreparedAppend]], clock: Clock, state: LogState
     ) -> tuple[list[Outcome], list[Row], list[RecordedEvent]]:
-        outcomes: list[Outcome] = []
-        rows: list[Row] = []
-        recorded: list[RecordedEvent] = []
-        for requests in items:
-            try:
-                results, item_rows, item_recorded = state.plan(requests, clock, with_records=self.hook is not None)
-            except EventStoreError as exc:
-                outcomes.append(exc)
-                continue
-            outcomes.append(results)
-            rows += item_rows
-            recorded += item_recorded
-        return outcomes, rows, recorded
+        outcomes, rows, recorded = plan_group(state, items, clock, with_records=self.hook is not None)
+        return outcomes, rows, [event for events in recorded for event in events]
 
     def insert(self, conn: sqlite3.Connection, rows: list[Row]) -> None:
         if len(rows) == 1:
