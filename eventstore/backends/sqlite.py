@@ -467,7 +467,7 @@ class SqliteBackend(Backend):
             fn = functools.partial(checkpoint_first, fn)
         return await self._on_thread(fn)
 
-    async def _on_thread(self, fn: Callable[[sqlite3.Connection, bool], T]) -> T:
+    async def _on_thread(self, fn: Callable[[sqlite3.Connection, bool], T], *, interrupt: bool = False) -> T:
         """``fn(conn, True)`` on the connection's thread, awaited to its end even if we are cancelled.
 
         aiosqlite runs a queued call to its end whatever happens to its awaiter,
@@ -478,15 +478,23 @@ class SqliteBackend(Backend):
         to stop waiting for the write lock (nothing begun, nothing written:
         within one retry interval), or lets a begun transaction end (a few ms),
         and is then raised as it came, carrying what the work ended with.
+        With ``interrupt`` (maintenance: ANALYZE, VACUUM), a cancellation also
+        interrupts the running statement, which then rolls back.
         """
         owner, conn = self._conn(self._writer)
         abandon = self._abandon = threading.Event()
+
+        def on_cancel() -> None:
+            abandon.set()
+            if interrupt:
+                conn.interrupt()
+
         # aiosqlite's own queue and future, not its _execute coroutine: awaiting that in a
         # task of ours would expose the future to cancellation of that task (e.g. at shutdown).
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         owner._tx.put_nowait((future, functools.partial(fn, conn, True)))
         try:
-            cancelled = await _wait_out(future, abandon.set)
+            cancelled = await _wait_out(future, on_cancel)
         finally:
             self._abandon = None
         if cancelled is None:
@@ -600,13 +608,19 @@ class SqliteBackend(Backend):
         # Each call returns None, never a cursor: aiosqlite's thread keeps the last result alive,
         # and a cursor with a row left (wal_checkpoint returns one) would keep its statement in
         # progress, so every later COMMIT on this connection would fail.
+        # On the writer's thread, waited out if we are cancelled (a cancellation
+        # interrupts the statement): the store is not handed on while one runs.
+        steps = ["ANALYZE", "PRAGMA optimize"] + (["VACUUM"] if vacuum else [])
+        steps += [] if self._memory else ["PRAGMA wal_checkpoint(TRUNCATE)"]
         async with self._lock:
-            await self._thread(self._writer, _run, "ANALYZE")
-            await self._thread(self._writer, _run, "PRAGMA optimize")
-            if vacuum:
-                await self._thread(self._writer, lambda c: self._retrying(lambda: _run(c, "VACUUM"), "vacuum"))
-            if not self._memory:
-                await self._thread(self._writer, _run, "PRAGMA wal_checkpoint(TRUNCATE)")
+            for sql in steps:
+                await self._on_thread(functools.partial(self._maintenance_step, sql), interrupt=True)
+
+    def _maintenance_step(self, sql: str, conn: sqlite3.Connection, wait: bool) -> None:
+        if sql == "VACUUM":
+            self._retrying(lambda: _run(conn, sql), "vacuum")
+        else:
+            _run(conn, sql)
 
 
 async def _wait_out(
