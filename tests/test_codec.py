@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import uuid
 from typing import Any, ClassVar
 
@@ -128,6 +129,25 @@ def test_signal_detected_id_is_deterministic_and_time_ordered(event: SignalDetec
     assert event_id.int >> 80 == _millis(event.detected_at)
     assert event_id.variant == uuid.RFC_4122
     assert event_id.version == 8
+
+
+def test_signal_detected_ids_never_change_across_versions() -> None:
+    """Recorded ids are what makes re-detection idempotent: the formula may be optimised, never changed."""
+    assert str(signal_event_id(detected())) == "019b92a4-4dc0-8003-ad75-f9bbf58360d0"
+    before_epoch = dt.datetime(1969, 12, 31, 23, 59, 59, 999999, tzinfo=dt.UTC)
+    assert str(signal_event_id(detected(key="domain:bücher.de", detected_at=before_epoch))) == (
+        "00000000-0000-8001-bc59-64ae5a0dec6f"
+    )
+
+
+@given(signal_detected)
+def test_signal_detected_id_follows_its_documented_layout(event: SignalDetected) -> None:
+    micros = to_micros(event.detected_at)
+    key = f"{event.canonical_key}\x1f{event.signal_type}\x1f{event.source_api}\x1f{micros}"
+    digest = int.from_bytes(hashlib.sha256(key.encode()).digest()[:9], "big")
+    millis, sub = divmod(max(0, micros), 1000)
+    value = (millis & (2**48 - 1)) << 80 | 0x8 << 76 | (sub << 2 | digest >> 62 & 0x3) << 64 | 0b10 << 62
+    assert signal_event_id(event).int == value | digest & (2**62 - 1)
 
 
 def test_signal_detected_id_depends_only_on_the_dedup_key() -> None:

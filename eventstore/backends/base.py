@@ -17,7 +17,7 @@ from __future__ import annotations
 import abc
 import contextlib
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Any, NamedTuple
 
 from eventstore.codec import chain_hash, from_micros
@@ -122,6 +122,18 @@ class Backend(abc.ABC):
         Inside a :meth:`transaction` the writes join it. Raises WrongExpectedVersion
         or DuplicateEventError, having written nothing.
         """
+
+    async def append_streamed(self, chunks: Iterator[PreparedAppend], clock: Clock) -> AppendResult | None:
+        """One large request, its events prepared chunk by chunk while the database writes earlier ones.
+
+        ``chunks`` yields the request in order: its first chunk carries the
+        expected version, the others ``ANY``; taking the next chunk prepares it
+        (and raises InvalidEvent for a bad event). Returns the request's result
+        if every chunk was written, in one transaction; or None, with nothing
+        written, when this backend or a check declines: the store then appends
+        the whole request through :meth:`append`. This default declines at once.
+        """
+        return None
 
     @abc.abstractmethod
     def transaction(self) -> contextlib.AbstractAsyncContextManager[None]:

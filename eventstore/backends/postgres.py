@@ -47,7 +47,7 @@ import anyio
 import asyncpg  # the only module that imports the driver
 
 from eventstore.backends.base import Backend, PreparedAppend, WorkerLock
-from eventstore.backends.pgappend import CALL, WRITTEN, append_call_args, results_of
+from eventstore.backends.pgappend import BEGIN, CALL, WRITTEN, append_call_args, append_in_chunks, results_of
 from eventstore.backends.pglock import KEEPALIVES, AdvisoryLock, lock_key
 from eventstore.backends.pgops import (
     INSERT,
@@ -82,7 +82,6 @@ _Outcome = list[AppendResult] | BaseException  # one caller's share of a group c
 # asyncpg reports a connection lost mid-statement as these PostgresError subclasses.
 _CONNECTION_LOST = (asyncpg.PostgresConnectionError, asyncpg.exceptions.OperatorInterventionError)
 
-_BEGIN = "BEGIN ISOLATION LEVEL READ COMMITTED"
 # Lock classes for the two-key advisory locks; the second key is the schema's CRC.
 _APPEND_LOCK = 0x45_53_41_50  # "ESAP"
 _MIGRATE_LOCK = 0x45_53_4D_47  # "ESMG"
@@ -317,7 +316,7 @@ class PostgresBackend(Backend):
         begin, commit, undo = (
             ("SAVEPOINT es_write", "RELEASE es_write", "ROLLBACK TO es_write; RELEASE es_write")
             if inside
-            else (_BEGIN, "COMMIT", "ROLLBACK")
+            else (BEGIN, "COMMIT", "ROLLBACK")
         )
         async with self._connection() as conn:
             await conn.execute(f"{begin}; {lock}" if lock else begin)
@@ -365,6 +364,17 @@ class PostgresBackend(Backend):
             raise
         assert item.result is not None
         return _result(item.result)
+
+    async def append_streamed(self, chunks: Iterator[PreparedAppend], clock: Clock) -> AppendResult | None:
+        if self._uow.get() is not None or self._hook is not None:
+            return None
+        # The group lock, held while the chunks are prepared: appenders of this
+        # process queue meanwhile and go as one group afterwards.
+        async with self._lock, self._appender() as conn:
+            result = await append_in_chunks(conn, (*self._lock_keys, self._channel), chunks, clock())
+        if result is not None:
+            self._notify()
+        return result
 
     async def _lead(self, mine: _Pending, clock: Clock) -> None:
         """Commit everything queued, as one group; every caller in it gets its own outcome."""
@@ -461,7 +471,7 @@ class PostgresBackend(Backend):
         return outcomes
 
     async def _append_transaction(self, conn: Any, work: Callable[[], Awaitable[T]]) -> T:
-        await conn.execute(f"{_BEGIN}; {self._append_lock}")
+        await conn.execute(f"{BEGIN}; {self._append_lock}")
         try:
             result = await work()
             await conn.execute("COMMIT")
@@ -512,7 +522,7 @@ class PostgresBackend(Backend):
         # keeps a unit of work that writes read rows and then appends from
         # deadlocking against another process's append updating those rows.
         async with self._lock, self._pooled() as conn:
-            await conn.execute(f"{_BEGIN}; {self._append_lock}")
+            await conn.execute(f"{BEGIN}; {self._append_lock}")
             uow = _UnitOfWork(conn)
             token = self._uow.set(uow)
             try:

@@ -1,0 +1,214 @@
+"""Large single-request appends, which the store offers to the backend chunk by chunk.
+
+On PostgreSQL a request of ``STREAMED_APPEND_MIN`` events or more is written by
+one server call per chunk in one transaction, each chunk prepared while the
+server writes the one before (see ``pgappend.append_in_chunks``); SQLite
+declines and appends it whole. Either way it must behave exactly as any
+append: atomic, contiguous, checked, idempotent, cancellable without a trace.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from eventstore import (
+    NO_STREAM,
+    AppendResult,
+    DuplicateEventError,
+    EventStore,
+    InvalidEvent,
+    SignalDetected,
+    SignalPushed,
+    WrongExpectedVersion,
+    open_store,
+)
+from eventstore.backends.base import PreparedAppend
+from eventstore.events import Event
+from eventstore.store import STREAMED_APPEND_CHUNK, STREAMED_APPEND_MIN
+from tests.conftest import detected
+
+pytestmark = pytest.mark.anyio
+
+A = "company:domain:a.ai"
+B = "company:domain:b.ai"
+T0 = dt.datetime(2026, 3, 1, 12, 0, tzinfo=dt.UTC)
+LARGE = STREAMED_APPEND_MIN + 3 * STREAMED_APPEND_CHUNK + 5  # several chunks and a short last one
+
+
+def pushed(n: int) -> SignalPushed:
+    return SignalPushed(signal_id=n + 1, notion_page_id=f"page-{n}")
+
+
+def detections(start: int, count: int) -> list[SignalDetected]:
+    return [detected(detected_at=T0 + dt.timedelta(seconds=n)) for n in range(start, start + count)]
+
+
+async def contents(log: EventStore) -> list[tuple[int, str, int, Event]]:
+    events = [(e.position, e.stream, e.version, e.data) async for e in log.read_all()]
+    assert [position for position, *_ in events] == list(range(1, len(events) + 1))
+    assert (await log.verify()).ok
+    return events
+
+
+class StreamedCalls:
+    """Records what the backend's chunked path answered (None: it declined)."""
+
+    def __init__(self, log: EventStore) -> None:
+        self.results: list[AppendResult | None] = []
+        backend = log.backend
+        original = backend.append_streamed
+
+        async def recording(chunks: Iterator[PreparedAppend], clock: object) -> AppendResult | None:
+            result = await original(chunks, clock)  # type: ignore[arg-type]
+            self.results.append(result)
+            return result
+
+        backend.append_streamed = recording  # type: ignore[method-assign]
+
+
+async def test_a_large_append_is_written_whole_and_in_order(store_url: str) -> None:
+    async with open_store(store_url) as log:
+        await log.append(B, [pushed(0)])
+        events = [pushed(n) for n in range(1, LARGE + 1)]
+        result = await log.append(A, events, expected_version=NO_STREAM)
+        assert result.positions == list(range(2, LARGE + 2))
+        assert result.version == LARGE and result.written
+        recorded = [e async for e in log.read_stream(A)]
+        assert [e.data for e in recorded] == events
+        assert [e.version for e in recorded] == list(range(1, LARGE + 1))
+        assert len({e.recorded_at for e in recorded}) == 1  # one request, one recorded_at
+        assert len({e.metadata["correlation_id"] for e in recorded}) == 1
+        assert len(await contents(log)) == LARGE + 1
+
+
+async def test_postgres_writes_a_large_append_in_chunks(postgres_store_url: str) -> None:
+    async with open_store(postgres_store_url) as log:
+        calls = StreamedCalls(log)
+        followed: list[int] = []
+
+        async def follow() -> None:
+            async for event in log.subscribe(from_position=1):
+                followed.append(event.position)
+                if event.position == 2 * LARGE:
+                    return
+
+        async with asyncio.timeout(60):
+            reader = asyncio.ensure_future(follow())
+            await log.append(A, [pushed(n) for n in range(LARGE)])
+            await log.append(A, [pushed(n) for n in range(LARGE)], expected_version=LARGE)
+            await reader
+        assert [result is not None for result in calls.results] == [True, True]
+        assert followed == list(range(1, 2 * LARGE + 1))
+        assert await log.stream_version(A) == 2 * LARGE
+
+
+async def test_a_large_append_with_a_wrong_expected_version_writes_nothing(store_url: str) -> None:
+    async with open_store(store_url) as log:
+        await log.append(A, [pushed(0)])
+        with pytest.raises(WrongExpectedVersion, match="Wrong expected version: 3") as caught:
+            await log.append(A, [pushed(n) for n in range(LARGE)], expected_version=3)
+        assert caught.value.actual == 1
+        with pytest.raises(WrongExpectedVersion):
+            await log.append(A, [pushed(n) for n in range(LARGE)], expected_version=NO_STREAM)
+        assert len(await contents(log)) == 1
+
+
+async def test_a_bad_event_in_the_last_chunk_fails_the_whole_append(store_url: str) -> None:
+    async with open_store(store_url) as log:
+        events = detections(0, LARGE)
+        events[-1] = detected(confidence=1.5)
+        with pytest.raises(InvalidEvent, match="confidence"):
+            await log.append(A, events)
+        assert await log.head_position() == 0
+        # The store goes on: nothing of the failed append is left in a transaction.
+        result = await log.append(A, detections(0, LARGE))
+        assert result.positions == list(range(1, LARGE + 1))
+        assert len(await contents(log)) == LARGE
+
+
+async def test_re_appending_a_large_append_is_idempotent(store_url: str) -> None:
+    async with open_store(store_url) as log:
+        events = detections(0, LARGE)  # deterministic ids
+        first = await log.append(A, events)
+        await log.append(B, [pushed(1)])
+        again = await log.append(A, events)
+        assert again.positions == first.positions
+        assert not again.written and again.version == LARGE
+        assert len(await contents(log)) == LARGE + 1
+
+
+async def test_a_large_append_overlapping_recorded_events_in_a_later_chunk_writes_nothing(store_url: str) -> None:
+    """The chunks before the one holding a recorded id were sent already: they must be rolled back."""
+    async with open_store(store_url) as log:
+        later = STREAMED_APPEND_CHUNK * 3 + 1
+        await log.append(A, detections(later, 10))
+        with pytest.raises(DuplicateEventError, match="mixes 10 event id"):
+            await log.append(A, detections(0, LARGE))
+        assert len(await contents(log)) == 10
+
+
+async def test_an_id_repeated_within_a_large_append_is_refused(store_url: str) -> None:
+    async with open_store(store_url) as log:
+        ids = [uuid.uuid4() for _ in range(LARGE)]
+        ids[-2] = ids[STREAMED_APPEND_CHUNK + 1]
+        with pytest.raises(DuplicateEventError, match="appears twice"):
+            await log.append(A, [pushed(n) for n in range(LARGE)], event_ids=ids)
+        assert await log.head_position() == 0
+
+
+async def test_appenders_during_a_large_append_keep_the_log_contiguous(store_url: str) -> None:
+    async with open_store(store_url) as log:
+
+        async def small(n: int) -> AppendResult:
+            await asyncio.sleep(0.0005 * n)
+            return await log.append(f"s:{n}", [pushed(n)])
+
+        results = await asyncio.gather(
+            log.append(A, [pushed(n) for n in range(LARGE)]),
+            *(small(n) for n in range(20)),
+            log.append(B, [pushed(n) for n in range(LARGE)]),
+        )
+        events = await contents(log)
+        assert len(events) == 2 * LARGE + 20
+        by_position = {position: stream for position, stream, *_ in events}
+        streams = [A, *(f"s:{n}" for n in range(20)), B]
+        for stream, result in zip(streams, results, strict=True):
+            assert {by_position[p] for p in result.positions} == {stream}
+
+
+async def test_a_cancelled_large_append_leaves_all_or_nothing(store_url: str) -> None:
+    async with open_store(store_url) as log:
+        written = 0
+        for attempt, delay in enumerate((0.0, 0.001, 0.003, 0.006, 0.01, 0.02)):
+            task = asyncio.ensure_future(log.append(f"s:{attempt}", [pushed(n) for n in range(LARGE)]))
+            await asyncio.sleep(delay)
+            task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+            else:
+                written += 1
+            events = await contents(log)
+            assert len(events) % LARGE == 0  # whole appends only
+        assert len(await contents(log)) == written * LARGE
+        result = await log.append(A, [pushed(n) for n in range(LARGE)])  # the store goes on
+        assert result.positions[0] == written * LARGE + 1
+
+
+async def test_a_large_append_inside_a_unit_of_work_rolls_back_with_it(store_url: str) -> None:
+    async with open_store(store_url) as log:
+        with pytest.raises(RuntimeError):
+            async with log.transaction():
+                await log.append(A, [pushed(n) for n in range(LARGE)])
+                raise RuntimeError("abandon the unit of work")
+        assert await log.head_position() == 0
+        async with log.transaction():
+            await log.append(A, [pushed(n) for n in range(LARGE)])
+            await log.append(B, [pushed(0)])
+        assert len(await contents(log)) == LARGE + 1
