@@ -11,15 +11,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import sqlite3
 import threading
 import time
 from collections.abc import AsyncIterator, Sequence
+from typing import Any, cast
 
 import aiosqlite
 import pytest
 
 from eventstore import DatabaseError, EventStore, RecordedEvent, SignalPushed, StoreClosed, open_store
+from eventstore.backends.sqlite import SqliteBackend
 from eventstore.model import GuardedBatch, Statement
 
 pytestmark = pytest.mark.anyio
@@ -324,3 +327,39 @@ async def test_a_cancelled_vacuum_stops_before_the_store_is_used_again(sqlite_pa
         await log.append(A, [pushed(2)])
         assert len(await check(log)) == 2
         await log.maintain(vacuum=True)  # and it still works
+
+
+async def test_a_maintenance_step_cancelled_before_it_starts_does_not_run(sqlite_path: str) -> None:
+    """Cancelled while VACUUM waits in the connection thread's queue, maintain() does not run it."""
+    async with open_store(sqlite_path) as log:
+        await log.append(A, [pushed(1)])
+        raw = sqlite3.connect(sqlite_path)
+        try:
+            raw.execute("CREATE TABLE dropped (b BLOB)")
+            raw.executemany("INSERT INTO dropped VALUES (?)", [(bytes(100_000),)] * 50)
+            raw.commit()
+            raw.execute("DROP TABLE dropped")
+            raw.commit()
+            free_before = raw.execute("PRAGMA freelist_count").fetchone()[0]
+            backend = cast(SqliteBackend, log.backend)
+            queue_step = backend._on_thread
+
+            async def cancelled_once_queued(fn: Any, **options: Any) -> Any:
+                if "VACUUM" in fn.args:
+                    # Keep the connection's thread busy, so that the step waits in its queue
+                    # when the cancellation comes (as this task next waits).
+                    loop = asyncio.get_running_loop()
+                    owner, _ = backend._conn(backend._writer)
+                    owner._tx.put_nowait((loop.create_future(), functools.partial(time.sleep, 0.2)))
+                    loop.call_soon(maintenance.cancel)
+                return await queue_step(fn, **options)
+
+            backend._on_thread = cancelled_once_queued  # type: ignore[method-assign]
+            for _ in range(3):
+                maintenance = asyncio.ensure_future(log.maintain(vacuum=True))
+                with pytest.raises(asyncio.CancelledError):
+                    await maintenance
+                assert raw.execute("PRAGMA freelist_count").fetchone()[0] > free_before // 2
+        finally:
+            raw.close()
+        assert len(await check(log)) == 1

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import logging
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import pytest
 
@@ -21,9 +22,12 @@ from eventstore import (
     AppendResult,
     DuplicateEventError,
     EventStore,
+    GuardedBatch,
     InvalidEvent,
+    RecordedEvent,
     SignalDetected,
     SignalPushed,
+    Statement,
     WrongExpectedVersion,
     open_store,
 )
@@ -212,3 +216,70 @@ async def test_a_large_append_inside_a_unit_of_work_rolls_back_with_it(store_url
             await log.append(A, [pushed(n) for n in range(LARGE)])
             await log.append(B, [pushed(0)])
         assert len(await contents(log)) == LARGE + 1
+
+
+async def test_a_bad_event_fails_at_once_while_another_writer_holds_the_log(store_url: str) -> None:
+    """On PostgreSQL the first chunk's call is then waiting for the lock: it must not hold the error back."""
+    async with open_store(store_url) as log, open_store(store_url) as other:
+        events = [pushed(n) for n in range(LARGE)]
+        events[STREAMED_APPEND_CHUNK + 1] = SignalPushed(signal_id=0, notion_page_id="page")  # in the 2nd chunk
+        async with other.transaction():
+            await other.append(B, [pushed(0)])  # the other store holds the append lock now
+            async with asyncio.timeout(20):  # (a hang, not a speed limit)
+                with pytest.raises(InvalidEvent, match="signal_id"):
+                    await log.append(A, events)
+        assert [stream for _, stream, *_ in await contents(log)] == [B]
+        await log.append(A, [pushed(n) for n in range(LARGE)])
+        assert len(await contents(log)) == LARGE + 1
+
+
+async def test_a_large_append_timing_out_behind_another_writer_writes_nothing(store_url: str) -> None:
+    async with open_store(store_url) as log, open_store(store_url) as other:
+        async with other.transaction():
+            await other.append(B, [pushed(0)])
+            with pytest.raises(TimeoutError):  # asyncio.timeout still recognises its own cancellation
+                async with asyncio.timeout(0.3):
+                    await log.append(A, [pushed(n) for n in range(LARGE)])
+        assert [stream for _, stream, *_ in await contents(log)] == [B]
+        result = await log.append(A, [pushed(n) for n in range(LARGE)])
+        assert result.positions == list(range(2, LARGE + 2))
+
+
+async def test_a_hook_set_while_a_large_append_waits_sees_it(store_url: str) -> None:
+    seen: list[str] = []
+
+    def hook(recorded: Sequence[RecordedEvent]) -> Sequence[GuardedBatch]:
+        seen.extend(event.stream for event in recorded)
+        return []
+
+    async with open_store(store_url) as log:
+        holding, release = asyncio.Event(), asyncio.Event()
+
+        async def unit_of_work() -> None:
+            async with log.transaction():  # holds this store's writer: the large append waits
+                holding.set()
+                await release.wait()
+
+        holder = asyncio.ensure_future(unit_of_work())
+        await holding.wait()
+        large = asyncio.ensure_future(log.append(A, [pushed(n) for n in range(LARGE)]))
+        await asyncio.sleep(0.05)
+        log.set_inline_hook(hook)
+        release.set()
+        await holder
+        await large
+        assert seen == [A] * LARGE
+
+
+async def test_postgres_takes_the_general_path_when_a_chunk_s_call_fails(
+    postgres_store_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with open_store(postgres_store_url) as log:
+        await log.apply([GuardedBatch(None, [Statement("DROP FUNCTION eventstore_append")])])
+        with caplog.at_level(logging.WARNING, logger="eventstore"):
+            result = await log.append(A, [pushed(n) for n in range(LARGE)])
+            await log.append(A, [pushed(n) for n in range(LARGE)])
+        assert result.positions == list(range(1, LARGE + 1))
+        warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        assert len(warnings) == 1 and "general path" in warnings[0]
+        assert len(await contents(log)) == 2 * LARGE

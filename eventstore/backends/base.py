@@ -15,10 +15,13 @@ lives in :mod:`eventstore.store`. Each backend implements the same guarantees:
 from __future__ import annotations
 
 import abc
+import asyncio
 import contextlib
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Any, NamedTuple
+
+import anyio
 
 from eventstore.codec import chain_hash, from_micros
 from eventstore.errors import DuplicateEventError, WrongExpectedVersion
@@ -44,6 +47,7 @@ __all__ = (
     "build_rows",
     "check_expected_version",
     "resolve_known_ids",
+    "wait_out",
 )
 
 Clock = Callable[[], int]  # microseconds since the epoch
@@ -301,3 +305,24 @@ def _recorded(row: Row, event: PreparedEvent, when: Any) -> RecordedEvent:
 
 def _uuid(raw: bytes) -> str:
     return str(uuid.UUID(bytes=raw))
+
+
+async def wait_out(
+    work: asyncio.Future[Any], on_cancel: Callable[[], None] | None = None
+) -> asyncio.CancelledError | None:
+    """Wait until ``work`` is done, whatever cancels us meanwhile; return the first such cancellation.
+
+    anyio's shield stops anyio's cancellation only, not a plain ``task.cancel()``
+    or ``asyncio.wait_for``. The caller raises the cancellation afterwards, as
+    it came: ``asyncio.timeout()`` and ``TaskGroup`` recognise only their own.
+    """
+    cancelled: asyncio.CancelledError | None = None
+    while not work.done():
+        try:
+            with anyio.CancelScope(shield=True):
+                await asyncio.wait((work,))  # unlike awaiting it, never cancels the work
+        except asyncio.CancelledError as exc:
+            cancelled = cancelled or exc
+            if on_cancel is not None:
+                on_cancel()
+    return cancelled

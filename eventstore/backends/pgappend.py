@@ -29,7 +29,7 @@ from typing import Any
 
 import anyio
 
-from eventstore.backends.base import PreparedAppend
+from eventstore.backends.base import PreparedAppend, wait_out
 from eventstore.errors import DatabaseError
 from eventstore.model import ANY, NO_STREAM, STREAM_EXISTS, AppendResult, ExpectedVersion
 
@@ -118,17 +118,15 @@ async def append_in_chunks(
     holds something a call cannot take; the store then appends the request
     through the general path. ``now`` is the request's ``recorded_at``.
     """
-    await conn.execute(BEGIN)
     try:
+        await conn.execute(BEGIN)
         result = await _calls(conn, lock_and_channel, chunks, now)
         if result is None:
             await conn.execute("ROLLBACK")
             return None
         status = await conn.execute("COMMIT")
     except BaseException:
-        with anyio.CancelScope(shield=True):
-            if not conn.is_closed() and conn.is_in_transaction():
-                await conn.execute("ROLLBACK")
+        await _abandon(conn)
         raise
     if status != "COMMIT":  # the server rolled back instead (a call failed and we did not see it)
         raise DatabaseError("a chunked append was rolled back, not committed (nothing of it was written)")
@@ -168,9 +166,29 @@ async def _calls(
         if call is None or not await landed():
             return None
     finally:
-        if call is not None:  # preparing a chunk failed, or we were cancelled: the call ends first
-            with anyio.CancelScope(shield=True):
-                await asyncio.wait((call,))
+        if call is not None:
+            # Preparing a chunk failed, or we were cancelled: the call's chunk is rolled
+            # back with the rest, so stop it, and let it end before the rollback (the
+            # connection takes one statement at a time). A cancellation meanwhile is raised.
+            call.cancel()
+            cancelled = await wait_out(call)
             if not call.cancelled():
                 call.exception()  # retrieved: the error that matters is the one being raised
+            if cancelled is not None:
+                raise cancelled
     return AppendResult(positions=list(range(first, first + count)), version=before + count)
+
+
+async def _abandon(conn: Any) -> None:
+    """Roll the transaction back; if the connection cannot take it, end the session (the server rolls back)."""
+    if conn.is_closed():
+        return
+    try:
+        with anyio.CancelScope(shield=True):
+            if conn.is_in_transaction():
+                await conn.execute("ROLLBACK")
+    except Exception:  # e.g. still busy with a cancelled call: the original error is the one to raise
+        conn.terminate()
+    except BaseException:  # cancelled meanwhile
+        conn.terminate()
+        raise

@@ -366,12 +366,21 @@ class PostgresBackend(Backend):
         return _result(item.result)
 
     async def append_streamed(self, chunks: Iterator[PreparedAppend], clock: Clock) -> AppendResult | None:
-        if self._uow.get() is not None or self._hook is not None:
+        if self._uow.get() is not None:
             return None
         # The group lock, held while the chunks are prepared: appenders of this
         # process queue meanwhile and go as one group afterwards.
-        async with self._lock, self._appender() as conn:
-            result = await append_in_chunks(conn, (*self._lock_keys, self._channel), chunks, clock())
+        async with self._lock:
+            if self._hook is not None:  # (set while we waited, perhaps)
+                return None
+            async with self._appender() as conn:
+                try:
+                    result = await append_in_chunks(conn, (*self._lock_keys, self._channel), chunks, clock())
+                except _CONNECTION_LOST:
+                    raise  # the COMMIT may have gone through: unknown, as for any append
+                except asyncpg.PostgresError as exc:  # rolled back: nothing was written
+                    self._general_path_after(exc)
+                    return None
         if result is not None:
             self._notify()
         return result
@@ -455,11 +464,7 @@ class PostgresBackend(Backend):
         except _CONNECTION_LOST:
             raise  # the call may have committed before the reply was lost: unknown, as for a failed COMMIT
         except asyncpg.PostgresError as exc:  # the statement failed, so nothing was written
-            # Declines come back as a status, so an error here is unexpected
-            # (the function dropped or its schema renamed, say): say so once.
-            level = logging.DEBUG if self._one_call_failed else logging.WARNING
-            self._one_call_failed = True
-            log.log(level, "%s; appending through the general path", self._driver_error(exc))
+            self._general_path_after(exc)
             return None
         if status != WRITTEN:
             return None
@@ -469,6 +474,13 @@ class PostgresBackend(Backend):
             outcomes.append(results[: len(requests)])
             del results[: len(requests)]
         return outcomes
+
+    def _general_path_after(self, exc: BaseException) -> None:
+        # Declines come back as a status, so an error from eventstore_append is
+        # unexpected (the function dropped or its schema renamed, say): say so once.
+        level = logging.DEBUG if self._one_call_failed else logging.WARNING
+        self._one_call_failed = True
+        log.log(level, "%s; appending through the general path", self._driver_error(exc))
 
     async def _append_transaction(self, conn: Any, work: Callable[[], Awaitable[T]]) -> T:
         await conn.execute(f"{BEGIN}; {self._append_lock}")

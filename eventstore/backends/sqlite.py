@@ -45,11 +45,7 @@ from typing import Any, TypeVar
 import aiosqlite
 import anyio
 
-from eventstore.backends.base import (
-    Backend,
-    PreparedAppend,
-    WorkerLock,
-)
+from eventstore.backends.base import Backend, PreparedAppend, WorkerLock, wait_out
 from eventstore.backends.filelock import FileLock, MemoryLock, lock_path
 from eventstore.backends.sqliteops import (
     CHECKPOINT_CHANGES,
@@ -92,7 +88,7 @@ class _WouldBlock(Exception):
 
 
 class _Abandoned(Exception):
-    """The caller was cancelled while the thread waited for the write lock: nothing was begun."""
+    """The caller was cancelled while the thread waited for the write lock (or its turn): nothing was begun."""
 
 
 # Set on a CancelledError that interrupted work on the connection's thread: what the work ended with.
@@ -210,7 +206,7 @@ class SqliteBackend(Backend):
             checkpointer, self._checkpointer = self._checkpointer, None
             cancelled: asyncio.CancelledError | None = None
             for future in stopping:
-                cancelled = await _wait_out(future) or cancelled
+                cancelled = await wait_out(future) or cancelled
             if checkpointer is not None:
                 if cancelled is None:
                     await anyio.to_thread.run_sync(checkpointer.close)
@@ -478,8 +474,8 @@ class SqliteBackend(Backend):
         to stop waiting for the write lock (nothing begun, nothing written:
         within one retry interval), or lets a begun transaction end (a few ms),
         and is then raised as it came, carrying what the work ended with.
-        With ``interrupt`` (maintenance: ANALYZE, VACUUM), a cancellation also
-        interrupts the running statement, which then rolls back.
+        With ``interrupt`` (maintenance), a cancellation also interrupts the
+        running statement (see _maintenance_step for one not yet running).
         """
         owner, conn = self._conn(self._writer)
         abandon = self._abandon = threading.Event()
@@ -494,7 +490,7 @@ class SqliteBackend(Backend):
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         owner._tx.put_nowait((future, functools.partial(fn, conn, True)))
         try:
-            cancelled = await _wait_out(future, on_cancel)
+            cancelled = await wait_out(future, on_cancel)
         finally:
             self._abandon = None
         if cancelled is None:
@@ -617,31 +613,14 @@ class SqliteBackend(Backend):
                 await self._on_thread(functools.partial(self._maintenance_step, sql), interrupt=True)
 
     def _maintenance_step(self, sql: str, conn: sqlite3.Connection, wait: bool) -> None:
+        # A cancellation that came while the step waited in the thread's queue: nothing
+        # to interrupt yet (SQLite forgets an interrupt() made between statements).
+        if self._abandon is not None and self._abandon.is_set():
+            raise _Abandoned
         if sql == "VACUUM":
             self._retrying(lambda: _run(conn, sql), "vacuum")
         else:
             _run(conn, sql)
-
-
-async def _wait_out(
-    work: asyncio.Future[Any], on_cancel: Callable[[], None] | None = None
-) -> asyncio.CancelledError | None:
-    """Wait until ``work`` is done, whatever cancels us meanwhile; return the first such cancellation.
-
-    anyio's shield stops anyio's cancellation only, not a plain ``task.cancel()``
-    or ``asyncio.wait_for``. The caller raises the cancellation afterwards, as
-    it came: ``asyncio.timeout()`` and ``TaskGroup`` recognise only their own.
-    """
-    cancelled: asyncio.CancelledError | None = None
-    while not work.done():
-        try:
-            with anyio.CancelScope(shield=True):
-                await asyncio.wait((work,))  # unlike awaiting it, never cancels the work
-        except asyncio.CancelledError as exc:
-            cancelled = cancelled or exc
-            if on_cancel is not None:
-                on_cancel()
-    return cancelled
 
 
 def _run(conn: sqlite3.Connection, sql: str) -> None:
