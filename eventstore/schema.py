@@ -84,7 +84,7 @@ def append_function(dialect: str) -> Sequence[str]:
     The client's general append path takes four round trips (BEGIN and the
     lock, the state read, the INSERT, COMMIT); this function does the same work
     in one, in an autocommit statement. See ``eventstore.backends.pgappend``
-    for the calling side and ``PostgresBackend._append_group`` for why the lock.
+    for the calling side and ``pgwrite.Writes.append_group`` for why the lock.
     """
     if dialect != "postgresql":
         return ()

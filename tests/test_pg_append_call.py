@@ -82,7 +82,7 @@ def general_path_only(store: EventStore) -> None:
     async def refuse(*args: Any) -> Any:
         raise AssertionError("the one-call path was taken")
 
-    backend._append_in_one_call = refuse  # type: ignore[method-assign, assignment]
+    backend._writes.append_in_one_call = refuse  # type: ignore[method-assign, assignment]
 
 
 def one_call_only(store: EventStore) -> None:
@@ -93,7 +93,7 @@ def one_call_only(store: EventStore) -> None:
     async def refuse(*args: Any) -> Any:
         raise AssertionError("the general path was taken")
 
-    backend._append_transaction = refuse  # type: ignore[method-assign, assignment]
+    backend._writes.append_transaction = refuse  # type: ignore[method-assign, assignment]
 
 
 def requests(round_: int) -> list[AppendRequest]:

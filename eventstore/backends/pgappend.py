@@ -1,6 +1,6 @@
 """PostgreSQL appends in one round trip: the calling side of ``eventstore_append``.
 
-The general append path (``PostgresBackend._append_group``) takes four round
+The general append path (``pgwrite.Writes.append_group``) takes four round
 trips: BEGIN with the append lock, the state read, the INSERT, COMMIT. With
 ~0.1 ms per round trip and a commit that must wait for the WAL flush, that
 capped single appends at a quarter of a raw autocommit INSERT (measured).

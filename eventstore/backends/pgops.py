@@ -6,6 +6,7 @@ Functions of a connection, used by :mod:`eventstore.backends.postgres`.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -30,8 +31,10 @@ __all__ = (
     "read_state",
     "run_batches",
     "tuples",
+    "undo",
 )
 
+log = logging.getLogger("eventstore")
 COLUMNS = "position, event_id, stream, version, type, schema_version, recorded_at, metadata, data, hash"
 SELECT = f"SELECT {COLUMNS} FROM events"
 # One round trip per group: the head of the log, each stream's version (in the
@@ -47,6 +50,16 @@ INSERT = f"""WITH written AS (
     SELECT * FROM unnest($1::bigint[], $2::bytea[], $3::text[], $4::bigint[], $5::text[],
                          $6::integer[], $7::bigint[], $8::bytea[], $9::bytea[], $10::bytea[])
 ) SELECT pg_notify($11, $12)"""
+
+
+async def undo(conn: Any, display_name: str, sql: str) -> None:
+    """Roll back (``sql``) if a transaction is open; a failure is logged, not raised (the pool resets it)."""
+    if conn.is_closed() or not conn.is_in_transaction():
+        return
+    try:
+        await conn.execute(sql)
+    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+        log.warning("%s: rollback failed: %s", display_name, type(exc).__name__)
 
 
 async def init_connection(conn: Any) -> None:

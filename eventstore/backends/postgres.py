@@ -5,12 +5,14 @@ Why the shape:
 * Every connection gets ``search_path`` = the store's schema as a startup
   setting, so the SQL (ours and the projections') names tables unqualified.
 * Appends serialise on a transaction-scoped advisory lock and take
-  ``head + 1`` as the next position; see :meth:`PostgresBackend._append_group`
+  ``head + 1`` as the next position; see :meth:`pgwrite.Writes.append_group`
   for why that, and not a sequence, is what keeps readers from skipping events.
 * Outside ``transaction()`` and without an inline hook, a group is written by
   one call of the server function ``eventstore_append`` (one round trip; see
-  :mod:`eventstore.backends.pgappend`); the general path below runs when the
-  function declines (a version conflict, a recorded id) and inside units of work.
+  :mod:`eventstore.backends.pgappend`); the general path
+  (:mod:`eventstore.backends.pgwrite`) runs when the function declines (a
+  version conflict, a recorded id) and inside units of work. A single large
+  request goes in chunks, one call each, in one transaction.
 * Concurrent appenders in this process are group committed as on SQLite: one
   transaction (one lock hold, one commit) for every appender that is ready,
   each request in its own SAVEPOINT so a conflict only fails its own caller.
@@ -44,13 +46,12 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mappin
 from typing import Any, TypeVar
 
 import anyio
-import asyncpg  # the only module that imports the driver
+import asyncpg
 
 from eventstore.backends.base import Backend, PreparedAppend, WorkerLock
-from eventstore.backends.pgappend import BEGIN, CALL, WRITTEN, append_call_args, append_in_chunks, results_of
+from eventstore.backends.pgappend import BEGIN
 from eventstore.backends.pglock import KEEPALIVES, AdvisoryLock, lock_key
 from eventstore.backends.pgops import (
-    INSERT,
     SELECT,
     cause,
     find_ids,
@@ -58,12 +59,13 @@ from eventstore.backends.pgops import (
     migrate_one,
     no_reset,
     portable,
-    read_state,
     run_batches,
     tuples,
+    undo,
 )
 from eventstore.backends.pgtext import app_role_sql, parse_url, quote_ident
-from eventstore.backends.plan import plan_group
+from eventstore.backends.pgwrite import Outcome as _Outcome
+from eventstore.backends.pgwrite import Writes
 from eventstore.errors import (
     DatabaseError,
     DuplicateEventError,
@@ -78,9 +80,6 @@ __all__ = ("PostgresBackend", "app_role_sql")  # app_role_sql lives in pgtext; r
 log = logging.getLogger("eventstore")
 T = TypeVar("T")
 Clock = Callable[[], int]
-_Outcome = list[AppendResult] | BaseException  # one caller's share of a group commit
-# asyncpg reports a connection lost mid-statement as these PostgresError subclasses.
-_CONNECTION_LOST = (asyncpg.PostgresConnectionError, asyncpg.exceptions.OperatorInterventionError)
 
 # Lock classes for the two-key advisory locks; the second key is the schema's CRC.
 _APPEND_LOCK = 0x45_53_41_50  # "ESAP"
@@ -144,7 +143,6 @@ class PostgresBackend(Backend):
         self._channel = f"{self.schema}_events"[:63]
         schema_key = zlib.crc32(self.schema.encode()) - 2**31  # a signed int4
         self._lock_keys = (_APPEND_LOCK, schema_key)
-        self._append_lock = f"SELECT pg_advisory_xact_lock({_APPEND_LOCK}, {schema_key})"
         self._migrate_lock = f"SELECT pg_advisory_xact_lock({_MIGRATE_LOCK}, {schema_key})"
         self._pool: Any = None
         self._listener: Any = None
@@ -152,12 +150,11 @@ class PostgresBackend(Backend):
         self._listen_lock = anyio.Lock()
         self._lock = anyio.Lock(fast_acquire=True)
         self._queue: list[_Pending] = []
-        self._hook: InlineHook | None = None
         self._uow: contextvars.ContextVar[_UnitOfWork | None] = contextvars.ContextVar(
             f"postgres_tx_{id(self)}", default=None
         )
         self._appended = anyio.Event()
-        self._one_call_failed = False
+        self._writes = Writes(self._lock_keys, self._channel, self.display_name, self._driver_error)
         self._append_conn: Any = None
 
     # -- lifecycle -------------------------------------------------------
@@ -211,7 +208,7 @@ class PostgresBackend(Backend):
             raise
 
     def set_inline_hook(self, hook: InlineHook | None) -> None:
-        self._hook = hook
+        self._writes.hook = hook
 
     # -- connections and the error boundary --------------------------------
 
@@ -313,7 +310,7 @@ class PostgresBackend(Backend):
     async def _write(self, work: Callable[[Any], Awaitable[T]], *, lock: str = "") -> T:
         """Run ``work(conn)`` in its own transaction, or a savepoint of the unit of work."""
         inside = self._uow.get() is not None
-        begin, commit, undo = (
+        begin, commit, rollback = (
             ("SAVEPOINT es_write", "RELEASE es_write", "ROLLBACK TO es_write; RELEASE es_write")
             if inside
             else (BEGIN, "COMMIT", "ROLLBACK")
@@ -325,17 +322,9 @@ class PostgresBackend(Backend):
                 await conn.execute(commit)
             except BaseException:
                 with anyio.CancelScope(shield=True):
-                    await self._undo(conn, undo)
+                    await undo(conn, self.display_name, rollback)
                 raise
         return result
-
-    async def _undo(self, conn: Any, sql: str) -> None:
-        if conn.is_closed() or not conn.is_in_transaction():
-            return
-        try:
-            await conn.execute(sql)
-        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
-            log.warning("%s: rollback failed: %s", self.display_name, type(exc).__name__)
 
     # -- appends ---------------------------------------------------------
 
@@ -343,7 +332,7 @@ class PostgresBackend(Backend):
         uow = self._uow.get()
         if uow is not None:
             outcomes = await self._write(
-                lambda conn: self._write_items(conn, [requests], clock), lock=self._append_lock
+                lambda conn: self._writes.write_items(conn, [requests], clock), lock=self._writes.append_lock
             )
             uow.appended = True
             return _result(outcomes[0])
@@ -371,16 +360,10 @@ class PostgresBackend(Backend):
         # The group lock, held while the chunks are prepared: appenders of this
         # process queue meanwhile and go as one group afterwards.
         async with self._lock:
-            if self._hook is not None:  # (set while we waited, perhaps)
+            if self._writes.hook is not None:  # (set while we waited, perhaps)
                 return None
             async with self._appender() as conn:
-                try:
-                    result = await append_in_chunks(conn, (*self._lock_keys, self._channel), chunks, clock())
-                except _CONNECTION_LOST:
-                    raise  # the COMMIT may have gone through: unknown, as for any append
-                except asyncpg.PostgresError as exc:  # rolled back: nothing was written
-                    self._general_path_after(exc)
-                    return None
+                result = await self._writes.append_streamed(conn, chunks, clock)
         if result is not None:
             self._notify()
         return result
@@ -408,112 +391,8 @@ class PostgresBackend(Backend):
         self._notify()
 
     async def _append_group(self, group: list[_Pending], clock: Clock) -> list[_Outcome]:
-        # WHY A LOCK, AND NOT A SEQUENCE. Readers follow the log by position:
-        # "give me everything after the last position I saw". With a sequence,
-        # writer A takes position 10, writer B takes 11, B commits first; a
-        # reader now sees 11, moves its cursor past it, and when A commits 10
-        # later the reader never looks back: the event is skipped for good.
-        #
-        # So every append transaction first takes this transaction-scoped lock,
-        # then (in a *later* statement, hence a fresh READ COMMITTED snapshot
-        # that includes every commit before the lock was granted) reads the
-        # head and writes head + 1, head + 2, ... The lock is released only
-        # after the commit is visible, so the next writer's head includes it:
-        # positions are contiguous and become visible strictly in order, and
-        # every snapshot a reader takes sees a prefix of the log. A rolled-back
-        # append writes nothing and the next writer reuses its positions, so
-        # on PostgreSQL too there are no gaps, let alone holes filled later.
-        #
-        # Why an advisory lock rather than LOCK TABLE events IN EXCLUSIVE MODE:
-        # both serialise appenders the same way, but the table lock also
-        # conflicts with (auto)VACUUM and ANALYZE, so autovacuum on the busiest
-        # table would either stall every writer or keep being cancelled. The
-        # price: the guarantee holds for writers that go through this code;
-        # the application role may only INSERT through the store (see
-        # app_role_sql), never with hand-written SQL.
-        items = [pending.requests for pending in group]
         async with self._appender() as conn:
-            if self._hook is None:
-                outcomes = await self._append_in_one_call(conn, items, clock)
-                if outcomes is not None:
-                    return outcomes
-            try:
-                return await self._append_transaction(conn, lambda: self._write_items(conn, items, clock))
-            except asyncpg.PostgresError:
-                if len(items) == 1:
-                    raise
-            # The database refused something (a read model's constraint, say):
-            # redo the group with one savepoint per caller to fail only its owner.
-            return await self._append_transaction(conn, lambda: self._write_each(conn, items, clock))
-
-    async def _append_in_one_call(
-        self, conn: Any, items: list[Sequence[PreparedAppend]], clock: Clock
-    ) -> list[_Outcome] | None:
-        """The group through ``eventstore_append`` (one round trip), or None: take the general path.
-
-        None when the server wrote nothing because a check needs the general
-        path (see :mod:`eventstore.backends.pgappend`). A lost connection
-        raises, as a failed COMMIT would: the outcome is unknown to us.
-        """
-        flat = [request for requests in items for request in requests]
-        args = append_call_args(flat, clock)
-        if args is None:
-            return None
-        try:
-            status, first, versions = await conn.fetchrow(CALL, *self._lock_keys, self._channel, *args)
-        except _CONNECTION_LOST:
-            raise  # the call may have committed before the reply was lost: unknown, as for a failed COMMIT
-        except asyncpg.PostgresError as exc:  # the statement failed, so nothing was written
-            self._general_path_after(exc)
-            return None
-        if status != WRITTEN:
-            return None
-        results = results_of(flat, first, versions)
-        outcomes: list[_Outcome] = []
-        for requests in items:
-            outcomes.append(results[: len(requests)])
-            del results[: len(requests)]
-        return outcomes
-
-    def _general_path_after(self, exc: BaseException) -> None:
-        # Declines come back as a status, so an error from eventstore_append is
-        # unexpected (the function dropped or its schema renamed, say): say so once.
-        level = logging.DEBUG if self._one_call_failed else logging.WARNING
-        self._one_call_failed = True
-        log.log(level, "%s; appending through the general path", self._driver_error(exc))
-
-    async def _append_transaction(self, conn: Any, work: Callable[[], Awaitable[T]]) -> T:
-        await conn.execute(f"{BEGIN}; {self._append_lock}")
-        try:
-            result = await work()
-            await conn.execute("COMMIT")
-        except BaseException:
-            await self._undo(conn, "ROLLBACK")
-            raise
-        return result
-
-    async def _write_each(self, conn: Any, items: list[Sequence[PreparedAppend]], clock: Clock) -> list[_Outcome]:
-        outcomes: list[_Outcome] = []
-        for index, requests in enumerate(items):
-            await conn.execute("RELEASE es_item; SAVEPOINT es_item" if index else "SAVEPOINT es_item")
-            try:
-                outcomes += await self._write_items(conn, [requests], clock)
-            except asyncpg.PostgresError as exc:
-                await conn.execute("ROLLBACK TO es_item")
-                outcomes.append(self._driver_error(exc))
-        return outcomes
-
-    async def _write_items(self, conn: Any, items: list[Sequence[PreparedAppend]], clock: Clock) -> list[_Outcome]:
-        """Check, number and insert every caller's requests; a failed check fails only its caller."""
-        state = await read_state(conn, items)
-        outcomes, rows, recorded = plan_group(state, items, clock, with_records=self._hook is not None)
-        if rows:
-            await conn.execute(INSERT, *zip(*rows, strict=True), self._channel, str(rows[-1][0]))
-        if self._hook is not None:
-            for events in recorded:
-                if events:
-                    await run_batches(conn, self._hook(events))
-        return outcomes
+            return await self._writes.append_group(conn, [pending.requests for pending in group], clock)
 
     def _notify(self) -> None:
         self._appended.set()
@@ -534,7 +413,7 @@ class PostgresBackend(Backend):
         # keeps a unit of work that writes read rows and then appends from
         # deadlocking against another process's append updating those rows.
         async with self._lock, self._pooled() as conn:
-            await conn.execute(f"{BEGIN}; {self._append_lock}")
+            await conn.execute(f"{BEGIN}; {self._writes.append_lock}")
             uow = _UnitOfWork(conn)
             token = self._uow.set(uow)
             try:
@@ -542,14 +421,14 @@ class PostgresBackend(Backend):
             except BaseException:
                 self._uow.reset(token)
                 with anyio.CancelScope(shield=True):
-                    await self._undo(conn, "ROLLBACK")
+                    await undo(conn, self.display_name, "ROLLBACK")
                 raise
             self._uow.reset(token)
             with anyio.CancelScope(shield=True):
                 try:
                     status = await conn.execute("COMMIT")
                 except BaseException:
-                    await self._undo(conn, "ROLLBACK")
+                    await undo(conn, self.display_name, "ROLLBACK")
                     raise
             if status != "COMMIT":
                 # The server ended the transaction as failed (a statement in it was cancelled or
@@ -571,7 +450,7 @@ class PostgresBackend(Backend):
             yield
         except BaseException:
             with anyio.CancelScope(shield=True):
-                await self._undo(uow.conn, f"ROLLBACK TO {name}; RELEASE {name}")
+                await undo(uow.conn, self.display_name, f"ROLLBACK TO {name}; RELEASE {name}")
             raise
         finally:
             uow.depth -= 1

@@ -1,0 +1,171 @@
+"""What one append transaction does on a PostgreSQL connection.
+
+A group of appends goes through ``eventstore_append`` in one round trip (see
+:mod:`eventstore.backends.pgappend`) unless the function declines or an inline
+hook must run; then through the general path: BEGIN with the append lock, one
+state read, the plan (:mod:`eventstore.backends.plan`), one INSERT, the hook's
+statements, COMMIT. Methods of an asyncpg connection that
+:class:`~eventstore.backends.postgres.PostgresBackend` hands over: it decides
+which connection, under which locks, and turns errors into EventStoreErrors.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from typing import Any, TypeVar
+
+import asyncpg
+
+from eventstore.backends.base import PreparedAppend
+from eventstore.backends.pgappend import BEGIN, CALL, WRITTEN, append_call_args, append_in_chunks, results_of
+from eventstore.backends.pgops import INSERT, read_state, run_batches, undo
+from eventstore.backends.plan import plan_group
+from eventstore.errors import EventStoreError
+from eventstore.model import AppendResult, InlineHook
+
+__all__ = ("CONNECTION_LOST", "Writes")
+
+log = logging.getLogger("eventstore")
+T = TypeVar("T")
+Clock = Callable[[], int]
+Outcome = list[AppendResult] | BaseException  # one caller's share of a group commit
+# asyncpg reports a connection lost mid-statement as these PostgresError subclasses.
+CONNECTION_LOST = (asyncpg.PostgresConnectionError, asyncpg.exceptions.OperatorInterventionError)
+
+
+class Writes:
+    """The append side of a store's connections: the paths an append takes, and the inline hook."""
+
+    def __init__(
+        self,
+        lock_keys: tuple[int, int],
+        channel: str,
+        display_name: str,
+        driver_error: Callable[[BaseException], EventStoreError],
+    ) -> None:
+        self.lock_keys = lock_keys
+        self.channel = channel
+        self.append_lock = f"SELECT pg_advisory_xact_lock({lock_keys[0]}, {lock_keys[1]})"
+        self.hook: InlineHook | None = None
+        self._display_name = display_name
+        self._driver_error = driver_error
+        self._one_call_failed = False
+
+    async def append_group(self, conn: Any, items: list[Sequence[PreparedAppend]], clock: Clock) -> list[Outcome]:
+        # WHY A LOCK, AND NOT A SEQUENCE. Readers follow the log by position:
+        # "give me everything after the last position I saw". With a sequence,
+        # writer A takes position 10, writer B takes 11, B commits first; a
+        # reader now sees 11, moves its cursor past it, and when A commits 10
+        # later the reader never looks back: the event is skipped for good.
+        #
+        # So every append transaction first takes this transaction-scoped lock,
+        # then (in a *later* statement, hence a fresh READ COMMITTED snapshot
+        # that includes every commit before the lock was granted) reads the
+        # head and writes head + 1, head + 2, ... The lock is released only
+        # after the commit is visible, so the next writer's head includes it:
+        # positions are contiguous and become visible strictly in order, and
+        # every snapshot a reader takes sees a prefix of the log. A rolled-back
+        # append writes nothing and the next writer reuses its positions, so
+        # on PostgreSQL too there are no gaps, let alone holes filled later.
+        #
+        # Why an advisory lock rather than LOCK TABLE events IN EXCLUSIVE MODE:
+        # both serialise appenders the same way, but the table lock also
+        # conflicts with (auto)VACUUM and ANALYZE, so autovacuum on the busiest
+        # table would either stall every writer or keep being cancelled. The
+        # price: the guarantee holds for writers that go through this code;
+        # the application role may only INSERT through the store (see
+        # app_role_sql), never with hand-written SQL.
+        if self.hook is None:
+            outcomes = await self.append_in_one_call(conn, items, clock)
+            if outcomes is not None:
+                return outcomes
+        try:
+            return await self.append_transaction(conn, lambda: self.write_items(conn, items, clock))
+        except asyncpg.PostgresError:
+            if len(items) == 1:
+                raise
+        # The database refused something (a read model's constraint, say):
+        # redo the group with one savepoint per caller to fail only its owner.
+        return await self.append_transaction(conn, lambda: self.write_each(conn, items, clock))
+
+    async def append_streamed(
+        self, conn: Any, chunks: Iterator[PreparedAppend], clock: Clock
+    ) -> AppendResult | None:
+        """One large request in chunks (see :func:`~eventstore.backends.pgappend.append_in_chunks`), or None."""
+        try:
+            return await append_in_chunks(conn, (*self.lock_keys, self.channel), chunks, clock())
+        except CONNECTION_LOST:
+            raise  # the COMMIT may have gone through: unknown, as for any append
+        except asyncpg.PostgresError as exc:  # rolled back: nothing was written
+            self._general_path_after(exc)
+            return None
+
+    async def append_in_one_call(
+        self, conn: Any, items: list[Sequence[PreparedAppend]], clock: Clock
+    ) -> list[Outcome] | None:
+        """The group through ``eventstore_append`` (one round trip), or None: take the general path.
+
+        None when the server wrote nothing because a check needs the general
+        path (see :mod:`eventstore.backends.pgappend`). A lost connection
+        raises, as a failed COMMIT would: the outcome is unknown to us.
+        """
+        flat = [request for requests in items for request in requests]
+        args = append_call_args(flat, clock)
+        if args is None:
+            return None
+        try:
+            status, first, versions = await conn.fetchrow(CALL, *self.lock_keys, self.channel, *args)
+        except CONNECTION_LOST:
+            raise  # the call may have committed before the reply was lost: unknown, as for a failed COMMIT
+        except asyncpg.PostgresError as exc:  # the statement failed, so nothing was written
+            self._general_path_after(exc)
+            return None
+        if status != WRITTEN:
+            return None
+        results = results_of(flat, first, versions)
+        outcomes: list[Outcome] = []
+        for requests in items:
+            outcomes.append(results[: len(requests)])
+            del results[: len(requests)]
+        return outcomes
+
+    def _general_path_after(self, exc: BaseException) -> None:
+        # Declines come back as a status, so an error from eventstore_append is
+        # unexpected (the function dropped or its schema renamed, say): say so once.
+        level = logging.DEBUG if self._one_call_failed else logging.WARNING
+        self._one_call_failed = True
+        log.log(level, "%s; appending through the general path", self._driver_error(exc))
+
+    async def append_transaction(self, conn: Any, work: Callable[[], Awaitable[T]]) -> T:
+        await conn.execute(f"{BEGIN}; {self.append_lock}")
+        try:
+            result = await work()
+            await conn.execute("COMMIT")
+        except BaseException:
+            await undo(conn, self._display_name, "ROLLBACK")
+            raise
+        return result
+
+    async def write_each(self, conn: Any, items: list[Sequence[PreparedAppend]], clock: Clock) -> list[Outcome]:
+        outcomes: list[Outcome] = []
+        for index, requests in enumerate(items):
+            await conn.execute("RELEASE es_item; SAVEPOINT es_item" if index else "SAVEPOINT es_item")
+            try:
+                outcomes += await self.write_items(conn, [requests], clock)
+            except asyncpg.PostgresError as exc:
+                await conn.execute("ROLLBACK TO es_item")
+                outcomes.append(self._driver_error(exc))
+        return outcomes
+
+    async def write_items(self, conn: Any, items: list[Sequence[PreparedAppend]], clock: Clock) -> list[Outcome]:
+        """Check, number and insert every caller's requests; a failed check fails only its caller."""
+        state = await read_state(conn, items)
+        outcomes, rows, recorded = plan_group(state, items, clock, with_records=self.hook is not None)
+        if rows:
+            await conn.execute(INSERT, *zip(*rows, strict=True), self.channel, str(rows[-1][0]))
+        if self.hook is not None:
+            for events in recorded:
+                if events:
+                    await run_batches(conn, self.hook(events))
+        return outcomes
