@@ -1,10 +1,10 @@
 """Large single-request appends, which the store offers to the backend chunk by chunk.
 
-On PostgreSQL a request of ``STREAMED_APPEND_MIN`` events or more is written by
-one server call per chunk in one transaction, each chunk prepared while the
-server writes the one before (see ``pgappend.append_in_chunks``); SQLite
-declines and appends it whole. Either way it must behave exactly as any
-append: atomic, contiguous, checked, idempotent, cancellable without a trace.
+On PostgreSQL a request of ``STREAMED_APPEND_MIN`` events or more is copied in
+chunk by chunk in one transaction, each chunk prepared while the server writes
+the one before (see ``pgwrite.Writes.append_streamed``); SQLite declines and
+appends it whole. Either way it must behave exactly as any append: atomic,
+contiguous, checked, idempotent, cancellable without a trace.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import pytest
 from eventstore import (
     NO_STREAM,
     AppendResult,
+    DatabaseError,
     DuplicateEventError,
     EventStore,
     GuardedBatch,
@@ -271,15 +272,19 @@ async def test_a_hook_set_while_a_large_append_waits_sees_it(store_url: str) -> 
         assert seen == [A] * LARGE
 
 
-async def test_postgres_takes_the_general_path_when_a_chunk_s_call_fails(
+async def test_postgres_hands_a_database_error_in_a_later_chunk_to_the_general_path(
     postgres_store_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """Unexpected, so logged once; the general path meets the same refusal and reports it; nothing is written."""
+    refuse_300 = "ALTER TABLE events ADD CONSTRAINT refuse_300 CHECK (version <> 300) NOT VALID"
     async with open_store(postgres_store_url) as log:
-        await log.apply([GuardedBatch(None, [Statement("DROP FUNCTION eventstore_append")])])
-        with caplog.at_level(logging.WARNING, logger="eventstore"):
-            result = await log.append(A, [pushed(n) for n in range(LARGE)])
+        await log.apply([GuardedBatch(None, [Statement(refuse_300)])])
+        with caplog.at_level(logging.WARNING, logger="eventstore"), pytest.raises(DatabaseError, match="refuse_300"):
             await log.append(A, [pushed(n) for n in range(LARGE)])
-        assert result.positions == list(range(1, LARGE + 1))
         warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
         assert len(warnings) == 1 and "general path" in warnings[0]
-        assert len(await contents(log)) == 2 * LARGE
+        assert await log.head_position() == 0
+        await log.apply([GuardedBatch(None, [Statement("ALTER TABLE events DROP CONSTRAINT refuse_300")])])
+        result = await log.append(A, [pushed(n) for n in range(LARGE)])
+        assert result.positions == list(range(1, LARGE + 1))
+        assert len(await contents(log)) == LARGE

@@ -19,7 +19,7 @@ from eventstore import (
     company_stream,
     open_store,
 )
-from eventstore.backends.pgtext import numbered, parse_url
+from eventstore.backends.pgtext import numbered, parse_url, quote_literal
 from eventstore.backends.postgres import PostgresBackend, app_role_sql
 from eventstore.schema import LOG_MIGRATIONS
 from tests.conftest import NO_POSTGRES, POSTGRES_URL, _drop_schema, detected
@@ -252,6 +252,11 @@ async def test_wait_for_append_times_out_when_nothing_happens(pg: EventStore) ->
 
 
 # -- portable SQL --------------------------------------------------------------
+
+
+def test_quote_literal_doubles_quotes() -> None:
+    assert quote_literal("events") == "'events'"
+    assert quote_literal("it's") == "'it''s'"
 
 
 def test_question_marks_become_numbered_placeholders_outside_literals() -> None:

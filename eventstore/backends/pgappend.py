@@ -15,25 +15,17 @@ a unique violation) comes back as a status with nothing written, and the caller 
 path, which reports the conflict precisely or answers the idempotent
 re-append from the recorded rows. So the rules live in one place (Python,
 ``plan.LogState``) and the server only ever commits what they would accept.
-
-A large request goes in chunks, one call each, inside one transaction
-(:func:`append_in_chunks`): while the server writes a chunk, the store
-validates and encodes the next one.
 """
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
-import anyio
-
-from eventstore.backends.base import PreparedAppend, wait_out
-from eventstore.errors import DatabaseError
+from eventstore.backends.base import PreparedAppend
 from eventstore.model import ANY, NO_STREAM, STREAM_EXISTS, AppendResult, ExpectedVersion
 
-__all__ = ("BEGIN", "CALL", "WRITTEN", "append_call_args", "append_in_chunks", "results_of")
+__all__ = ("BEGIN", "CALL", "WRITTEN", "append_call_args", "results_of")
 
 BEGIN = "BEGIN ISOLATION LEVEL READ COMMITTED"
 
@@ -103,92 +95,3 @@ def results_of(requests: Sequence[PreparedAppend], first_position: int, versions
         position += count
     return results
 
-
-async def append_in_chunks(
-    conn: Any, lock_and_channel: Sequence[Any], chunks: Iterator[PreparedAppend], now: int
-) -> AppendResult | None:
-    """One request, taken chunk by chunk from ``chunks``, written by one call per chunk in one transaction.
-
-    Each call is sent before the next chunk is taken (prepared, by the
-    store), so the two overlap; at most one statement is in flight, as asyncpg
-    requires. Every call takes the append lock again (it is re-entrant within
-    the transaction, which holds it from the first call to the commit), and
-    each later chunk starts where the previous one ended. Returns None, having
-    rolled back, if a call declines (see the module docstring) or ``chunks``
-    holds something a call cannot take; the store then appends the request
-    through the general path. ``now`` is the request's ``recorded_at``.
-    """
-    try:
-        await conn.execute(BEGIN)
-        result = await _calls(conn, lock_and_channel, chunks, now)
-        if result is None:
-            await conn.execute("ROLLBACK")
-            return None
-        status = await conn.execute("COMMIT")
-    except BaseException:
-        await _abandon(conn)
-        raise
-    if status != "COMMIT":  # the server rolled back instead (a call failed and we did not see it)
-        raise DatabaseError("a chunked append was rolled back, not committed (nothing of it was written)")
-    return result
-
-
-async def _calls(
-    conn: Any, lock_and_channel: Sequence[Any], chunks: Iterator[PreparedAppend], now: int
-) -> AppendResult | None:
-    first = before = 0
-    count = sent = 0  # events sent; events sent before the call in flight
-    call: asyncio.Future[Any] | None = None
-
-    async def landed() -> bool:
-        """Whether the call in flight wrote its chunk, right after the chunks before it."""
-        nonlocal call, first, before
-        assert call is not None
-        status, position, versions = await call
-        call = None
-        if status != WRITTEN:
-            return False
-        if sent == 0:
-            first, before = position, versions[0]
-        return bool(position == first + sent)
-
-    try:
-        for chunk in chunks:  # taking a chunk prepares it, while the call before runs on the server
-            if call is not None and not await landed():
-                return None
-            args = append_call_args([chunk], lambda: now)
-            if args is None or not chunk.events:
-                return None
-            sent = count
-            call = asyncio.ensure_future(conn.fetchrow(CALL, *lock_and_channel, *args))
-            await asyncio.sleep(0)  # the call goes out before the next chunk is prepared
-            count += len(chunk.events)
-        if call is None or not await landed():
-            return None
-    finally:
-        if call is not None:
-            # Preparing a chunk failed, or we were cancelled: the call's chunk is rolled
-            # back with the rest, so stop it, and let it end before the rollback (the
-            # connection takes one statement at a time). A cancellation meanwhile is raised.
-            call.cancel()
-            cancelled = await wait_out(call)
-            if not call.cancelled():
-                call.exception()  # retrieved: the error that matters is the one being raised
-            if cancelled is not None:
-                raise cancelled
-    return AppendResult(positions=list(range(first, first + count)), version=before + count)
-
-
-async def _abandon(conn: Any) -> None:
-    """Roll the transaction back; if the connection cannot take it, end the session (the server rolls back)."""
-    if conn.is_closed():
-        return
-    try:
-        with anyio.CancelScope(shield=True):
-            if conn.is_in_transaction():
-                await conn.execute("ROLLBACK")
-    except Exception:  # e.g. still busy with a cancelled call: the original error is the one to raise
-        conn.terminate()
-    except BaseException:  # cancelled meanwhile
-        conn.terminate()
-        raise

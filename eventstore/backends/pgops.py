@@ -20,6 +20,7 @@ from eventstore.migrations import MIGRATIONS_TABLE, MigrationSet
 from eventstore.model import GuardedBatch, Row, Statement
 
 __all__ = (
+    "COLUMNS",
     "INSERT",
     "SELECT",
     "cause",
@@ -28,6 +29,7 @@ __all__ = (
     "migrate_one",
     "no_reset",
     "portable",
+    "read_head",
     "read_state",
     "run_batches",
     "tuples",
@@ -43,6 +45,10 @@ _STATE = """SELECT h.position, h.hash, h.recorded_at,
        (SELECT array_agg(coalesce((SELECT max(version) FROM events WHERE stream = u.stream), 0) ORDER BY u.i)
           FROM unnest($1::text[]) WITH ORDINALITY AS u(stream, i)),
        EXISTS (SELECT 1 FROM events WHERE event_id = ANY($2::bytea[]))
+FROM (SELECT 1) AS one
+LEFT JOIN LATERAL (SELECT position, hash, recorded_at FROM events ORDER BY position DESC LIMIT 1) AS h ON true"""
+# The head and one stream's version, for a large append (no id probe: a recorded id fails its COPY).
+_HEAD = """SELECT h.position, h.hash, h.recorded_at, (SELECT max(version) FROM events WHERE stream = $1)
 FROM (SELECT 1) AS one
 LEFT JOIN LATERAL (SELECT position, hash, recorded_at FROM events ORDER BY position DESC LIMIT 1) AS h ON true"""
 INSERT = f"""WITH written AS (
@@ -89,6 +95,13 @@ async def read_state(conn: Any, items: list[Sequence[PreparedAppend]]) -> LogSta
     known = {bytes(row[1]): row for row in await find_ids(conn, ids)} if any_known else {}
     head = (position, hash_, recorded_at) if position is not None else (0, GENESIS_HASH, 0)
     return LogState(head, dict(zip(streams, versions or (), strict=True)), known)
+
+
+async def read_head(conn: Any, stream: str) -> LogState:
+    """The log's head and ``stream``'s version, as a state that knows no event ids."""
+    position, hash_, recorded_at, version = await conn.fetchrow(_HEAD, stream)
+    head = (position, hash_, recorded_at) if position is not None else (0, GENESIS_HASH, 0)
+    return LogState(head, {stream: version or 0}, {})
 
 
 async def find_ids(conn: Any, event_ids: list[bytes]) -> list[Row]:

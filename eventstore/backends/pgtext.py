@@ -20,6 +20,7 @@ __all__ = (
     "numbered",
     "parse_url",
     "quote_ident",
+    "quote_literal",
     "rowcount",
 )
 
@@ -72,6 +73,11 @@ def parse_url(url: str, schema: str | None = None) -> Target:
 
 def quote_ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
+
+
+def quote_literal(text: str) -> str:
+    """``text`` as an SQL string literal (standard_conforming_strings, the default since PostgreSQL 9.1)."""
+    return "'" + text.replace("'", "''") + "'"
 
 
 @functools.lru_cache(maxsize=2048)

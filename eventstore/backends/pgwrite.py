@@ -4,24 +4,28 @@ A group of appends goes through ``eventstore_append`` in one round trip (see
 :mod:`eventstore.backends.pgappend`) unless the function declines or an inline
 hook must run; then through the general path: BEGIN with the append lock, one
 state read, the plan (:mod:`eventstore.backends.plan`), one INSERT, the hook's
-statements, COMMIT. Methods of an asyncpg connection that
+statements, COMMIT. A single large request is copied in chunk by chunk
+(:meth:`Writes.append_streamed`). Methods of an asyncpg connection that
 :class:`~eventstore.backends.postgres.PostgresBackend` hands over: it decides
 which connection, under which locks, and turns errors into EventStoreErrors.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
+import anyio
 import asyncpg
 
-from eventstore.backends.base import PreparedAppend
-from eventstore.backends.pgappend import BEGIN, CALL, WRITTEN, append_call_args, append_in_chunks, results_of
-from eventstore.backends.pgops import INSERT, read_state, run_batches, undo
+from eventstore.backends.base import PreparedAppend, wait_out
+from eventstore.backends.pgappend import BEGIN, CALL, WRITTEN, append_call_args, results_of
+from eventstore.backends.pgops import COLUMNS, INSERT, read_head, read_state, run_batches, undo
+from eventstore.backends.pgtext import quote_literal
 from eventstore.backends.plan import plan_group
-from eventstore.errors import EventStoreError
+from eventstore.errors import DatabaseError, EventStoreError
 from eventstore.model import AppendResult, InlineHook
 
 __all__ = ("CONNECTION_LOST", "Writes")
@@ -32,6 +36,7 @@ Clock = Callable[[], int]
 Outcome = list[AppendResult] | BaseException  # one caller's share of a group commit
 # asyncpg reports a connection lost mid-statement as these PostgresError subclasses.
 CONNECTION_LOST = (asyncpg.PostgresConnectionError, asyncpg.exceptions.OperatorInterventionError)
+_COLUMNS = COLUMNS.split(", ")
 
 
 class Writes:
@@ -92,14 +97,40 @@ class Writes:
     async def append_streamed(
         self, conn: Any, chunks: Iterator[PreparedAppend], clock: Clock
     ) -> AppendResult | None:
-        """One large request in chunks (see :func:`~eventstore.backends.pgappend.append_in_chunks`), or None."""
-        try:
-            return await append_in_chunks(conn, (*self.lock_keys, self.channel), chunks, clock())
-        except CONNECTION_LOST:
-            raise  # the COMMIT may have gone through: unknown, as for any append
-        except asyncpg.PostgresError as exc:  # rolled back: nothing was written
-            self._general_path_after(exc)
+        """One large request, its chunks copied in while the store prepares the next; or None.
+
+        BEGIN with the append lock, one read of the head and the stream's
+        version, then each chunk planned here (positions, hashes) and sent by
+        COPY; taking the next chunk from ``chunks`` prepares it while the
+        server writes the one before. No id is probed first: a recorded id
+        fails its COPY on the unique index. That, a version conflict or any
+        other database error rolls back and declines (None): the store then
+        appends the request the general way, which decides it precisely.
+        """
+        first = next(chunks, None)  # prepared before the lock is taken
+        if first is None:
             return None
+        try:
+            result = await _copy_chunks(conn, f"{BEGIN}; {self.append_lock}", first, chunks, clock())
+            if result is None:
+                await conn.execute("ROLLBACK")
+                return None
+            notify = f"SELECT pg_notify({quote_literal(self.channel)}, '{result.positions[-1]}')"
+            status = await conn.execute(f"{notify}; COMMIT")
+        except CONNECTION_LOST:
+            await abandon(conn)
+            raise  # the COMMIT may have gone through: unknown, as for any append
+        except asyncpg.PostgresError as exc:
+            await abandon(conn)
+            if not _recorded_id(exc):
+                self._general_path_after(exc)
+            return None
+        except BaseException:
+            await abandon(conn)
+            raise
+        if status != "COMMIT":  # the server rolled back instead (a statement failed and we did not see it)
+            raise DatabaseError(f"a large append to {self._display_name} was rolled back, not committed")
+        return result
 
     async def append_in_one_call(
         self, conn: Any, items: list[Sequence[PreparedAppend]], clock: Clock
@@ -131,8 +162,8 @@ class Writes:
         return outcomes
 
     def _general_path_after(self, exc: BaseException) -> None:
-        # Declines come back as a status, so an error from eventstore_append is
-        # unexpected (the function dropped or its schema renamed, say): say so once.
+        # Declines come back as a status (or a recorded id's unique violation), so
+        # an error here is unexpected (the function dropped, say): say so once.
         level = logging.DEBUG if self._one_call_failed else logging.WARNING
         self._one_call_failed = True
         log.log(level, "%s; appending through the general path", self._driver_error(exc))
@@ -169,3 +200,69 @@ class Writes:
                 if events:
                     await run_batches(conn, self.hook(events))
         return outcomes
+
+
+async def _copy_chunks(
+    conn: Any, begin: str, first: PreparedAppend, chunks: Iterator[PreparedAppend], now: int
+) -> AppendResult | None:
+    """BEGIN and the lock, then COPY each chunk; None if a check fails (the caller rolls back).
+
+    One statement is in flight at a time (asyncpg's rule) while the next chunk
+    is prepared: the lock wait overlaps the second chunk, each COPY the one after.
+    """
+    begun: asyncio.Future[Any] = asyncio.ensure_future(conn.execute(begin))
+    in_flight: asyncio.Future[Any] | None = begun
+    try:
+        await asyncio.sleep(0)  # the statement goes out before the next chunk is prepared
+        upcoming = next(chunks, None)
+        await begun
+        in_flight = None
+        state = await read_head(conn, first.stream)
+        position, version = state.head[0], state.versions[first.stream]
+        chunk: PreparedAppend | None = first
+        count = 0
+        while chunk is not None:
+            if chunk.stream != first.stream:
+                return None
+            outcomes, rows, _ = plan_group(state, [[chunk]], lambda: now, with_records=False)
+            if isinstance(outcomes[0], BaseException):
+                return None  # a version conflict, a repeated id: decided by the general path
+            if in_flight is not None:
+                await in_flight
+            in_flight = asyncio.ensure_future(conn.copy_records_to_table("events", records=rows, columns=_COLUMNS))
+            await asyncio.sleep(0)
+            count += len(rows)
+            chunk, upcoming = upcoming, next(chunks, None)
+        if in_flight is not None:
+            await in_flight
+            in_flight = None
+    finally:
+        if in_flight is not None and not in_flight.done():
+            # Preparing a chunk failed, or we were cancelled: it is all rolled back, so stop
+            # the statement and let it end first (a connection runs one thing at a time).
+            in_flight.cancel()
+            cancelled = await wait_out(in_flight)
+            if not in_flight.cancelled():
+                in_flight.exception()  # retrieved: the error that matters is the one being raised
+            if cancelled is not None:
+                raise cancelled
+    return AppendResult(positions=list(range(position + 1, position + count + 1)), version=version + count)
+
+
+async def abandon(conn: Any) -> None:
+    """Roll the transaction back; if the connection cannot take it, end the session (the server rolls back)."""
+    if conn.is_closed():
+        return
+    try:
+        with anyio.CancelScope(shield=True):
+            if conn.is_in_transaction():
+                await conn.execute("ROLLBACK")
+    except Exception:  # e.g. still busy with a cancelled statement: the original error is the one to raise
+        conn.terminate()
+    except BaseException:  # cancelled meanwhile
+        conn.terminate()
+        raise
+
+
+def _recorded_id(exc: BaseException) -> bool:
+    return isinstance(exc, asyncpg.UniqueViolationError) and exc.constraint_name == "events_event_id_key"

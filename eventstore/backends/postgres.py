@@ -12,7 +12,7 @@ Why the shape:
   :mod:`eventstore.backends.pgappend`); the general path
   (:mod:`eventstore.backends.pgwrite`) runs when the function declines (a
   version conflict, a recorded id) and inside units of work. A single large
-  request goes in chunks, one call each, in one transaction.
+  request is copied in chunk by chunk, in one transaction.
 * Concurrent appenders in this process are group committed as on SQLite: one
   transaction (one lock hold, one commit) for every appender that is ready,
   each request in its own SAVEPOINT so a conflict only fails its own caller.
