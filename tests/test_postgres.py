@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
@@ -15,6 +16,7 @@ from eventstore import (
     EventStore,
     GuardedBatch,
     SchemaVersionError,
+    SignalPushed,
     Statement,
     company_stream,
     open_store,
@@ -190,7 +192,9 @@ async def test_the_database_refuses_to_change_events(pg: EventStore, schema: str
 
 
 @needs_postgres
-async def test_the_application_role_may_append_and_read_but_never_change_events(pg: EventStore, schema: str) -> None:
+async def test_the_application_role_may_append_and_read_but_never_change_events(
+    pg: EventStore, schema: str, caplog: pytest.LogCaptureFixture
+) -> None:
     assert POSTGRES_URL
     role = f"app_{uuid.uuid4().hex[:10]}"
     await pg.append(A, [detected()])
@@ -202,6 +206,11 @@ async def test_the_application_role_may_append_and_read_but_never_change_events(
         async with open_store(app_url) as app:
             await app.append(A, [detected(company_name="Acme 2", detected_at=detected().detected_at.replace(hour=11))])
             assert await app.head_position() == 2
+            # A large append takes the COPY path, which needs no more than INSERT (else it would fall back, and warn).
+            with caplog.at_level(logging.WARNING, logger="eventstore"):
+                await app.append("order:large", [SignalPushed(signal_id=n, notion_page_id="p") for n in range(1, 301)])
+            assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+            assert await app.head_position() == 302
             for sql in (
                 "UPDATE events SET stream = 'x'",
                 "DELETE FROM events",

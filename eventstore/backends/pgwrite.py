@@ -13,6 +13,7 @@ which connection, under which locks, and turns errors into EventStoreErrors.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any, TypeVar
@@ -28,7 +29,7 @@ from eventstore.backends.plan import plan_group
 from eventstore.errors import DatabaseError, EventStoreError
 from eventstore.model import AppendResult, InlineHook
 
-__all__ = ("CONNECTION_LOST", "Writes")
+__all__ = ("CONNECTION_LOST", "GIVING_UP", "Writes")
 
 log = logging.getLogger("eventstore")
 T = TypeVar("T")
@@ -36,6 +37,8 @@ Clock = Callable[[], int]
 Outcome = list[AppendResult] | BaseException  # one caller's share of a group commit
 # asyncpg reports a connection lost mid-statement as these PostgresError subclasses.
 CONNECTION_LOST = (asyncpg.PostgresConnectionError, asyncpg.exceptions.OperatorInterventionError)
+#: The server gave up on a statement (lock_timeout, statement_timeout): not a reason to take another path.
+GIVING_UP = (asyncpg.exceptions.LockNotAvailableError, asyncpg.exceptions.QueryCanceledError)
 _COLUMNS = COLUMNS.split(", ")
 
 
@@ -120,6 +123,9 @@ class Writes:
         except CONNECTION_LOST:
             await abandon(conn)
             raise  # the COMMIT may have gone through: unknown, as for any append
+        except GIVING_UP:
+            await abandon(conn)
+            raise  # lock_timeout, statement_timeout: the general path would wait all over again
         except asyncpg.PostgresError as exc:
             await abandon(conn)
             if not _recorded_id(exc):
@@ -147,8 +153,10 @@ class Writes:
             return None
         try:
             status, first, versions = await conn.fetchrow(CALL, *self.lock_keys, self.channel, *args)
-        except CONNECTION_LOST:
-            raise  # the call may have committed before the reply was lost: unknown, as for a failed COMMIT
+        except (*CONNECTION_LOST, *GIVING_UP):
+            # Lost: the call may have committed before the reply was: unknown, as for a failed COMMIT.
+            # Timed out: the general path would only wait all over again.
+            raise
         except asyncpg.PostgresError as exc:  # the statement failed, so nothing was written
             self._general_path_after(exc)
             return None
@@ -225,8 +233,10 @@ async def _copy_chunks(
             if chunk.stream != first.stream:
                 return None
             outcomes, rows, _ = plan_group(state, [[chunk]], lambda: now, with_records=False)
-            if isinstance(outcomes[0], BaseException):
-                return None  # a version conflict, a repeated id: decided by the general path
+            if isinstance(outcomes[0], BaseException) or not outcomes[0][0].written:
+                # A version conflict, or ids seen in an earlier chunk (the state knows only
+                # those): the general path decides, e.g. "appears twice in one append".
+                return None
             if in_flight is not None:
                 await in_flight
             in_flight = asyncio.ensure_future(conn.copy_records_to_table("events", records=rows, columns=_COLUMNS))
@@ -250,17 +260,23 @@ async def _copy_chunks(
 
 
 async def abandon(conn: Any) -> None:
-    """Roll the transaction back; if the connection cannot take it, end the session (the server rolls back)."""
-    if conn.is_closed():
-        return
+    """Roll back the transaction begun; if the connection cannot take it, end the session (the server rolls back).
+
+    Unconditionally: a statement cancelled in flight (BEGIN and the lock wait,
+    say) may have opened the transaction without the client knowing yet, and
+    asyncpg lets a ROLLBACK wait for that cancellation to finish.
+    """
     try:
+        if conn.is_closed():
+            return
         with anyio.CancelScope(shield=True):
-            if conn.is_in_transaction():
-                await conn.execute("ROLLBACK")
-    except Exception:  # e.g. still busy with a cancelled statement: the original error is the one to raise
-        conn.terminate()
+            await conn.execute("ROLLBACK")
+    except Exception:  # e.g. lost, or handed back to the pool: the original error is the one to raise
+        with contextlib.suppress(Exception):
+            conn.terminate()
     except BaseException:  # cancelled meanwhile
-        conn.terminate()
+        with contextlib.suppress(Exception):
+            conn.terminate()
         raise
 
 
