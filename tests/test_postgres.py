@@ -18,6 +18,7 @@ from eventstore import (
     SchemaVersionError,
     SignalPushed,
     Statement,
+    StoreClosed,
     company_stream,
     open_store,
 )
@@ -90,6 +91,24 @@ def test_the_display_name_masks_the_password() -> None:
     assert "hunter2" not in backend.display_name
     assert backend.display_name == "postgresql://app:***@db.example:5432/signals?schema=s"
     assert "hunter2" not in repr(backend)
+
+
+@needs_postgres
+async def test_driver_errors_become_store_errors_and_closed_means_the_store_is_closed(pg_url: str) -> None:
+    """A connection the server ended says "closed" too: on an open store that is a DatabaseError."""
+    log = await open_store(pg_url).open()
+    backend = log.backend
+    assert isinstance(backend, PostgresBackend)
+    for driver_error in (
+        asyncpg.InterfaceError("connection is closed"),
+        asyncpg.InternalClientError("cannot switch to state 12; another operation (2) is in progress"),
+        OSError("connection reset"),
+    ):
+        with pytest.raises(DatabaseError, match=type(driver_error).__name__), backend._translated():
+            raise driver_error
+    await log.aclose()
+    with pytest.raises(StoreClosed), backend._translated():
+        raise asyncpg.InterfaceError("connection is closed")
 
 
 @needs_postgres

@@ -221,8 +221,10 @@ class PostgresBackend(Backend):
             raise
         except asyncpg.PostgresError as exc:
             raise self._driver_error(exc) from cause(exc, self._target.password)
-        except (asyncpg.InterfaceError, OSError, TimeoutError) as exc:
-            if isinstance(exc, asyncpg.InterfaceError) and "closed" in str(exc).lower():
+        except (asyncpg.InterfaceError, asyncpg.InternalClientError, OSError, TimeoutError) as exc:
+            # "closed" from the driver means this store's close only if the store is closing:
+            # a connection the server ended mid-statement says "closed" too, on an open store.
+            if self._pool is None and isinstance(exc, asyncpg.InterfaceError) and "closed" in str(exc).lower():
                 raise StoreClosed(f"the store on {self.display_name} is closed") from exc
             raise self._error(DatabaseError, doing, exc) from cause(exc, self._target.password)
 
