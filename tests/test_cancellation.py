@@ -50,6 +50,20 @@ async def check(log: EventStore) -> set[int]:
     return set(positions)
 
 
+def free_pages(raw: sqlite3.Connection, *, kept: int, dropped: int, size: int) -> int:
+    """Blobs in a table that stays and in one dropped: free pages only a VACUUM gives back. Returns their count."""
+    raw.execute("CREATE TABLE bulk (b BLOB)")
+    raw.execute("CREATE TABLE dropped (b BLOB)")
+    raw.executemany("INSERT INTO bulk VALUES (?)", [(bytes(size),)] * kept)
+    raw.executemany("INSERT INTO dropped VALUES (?)", [(bytes(size),)] * dropped)
+    raw.commit()
+    raw.execute("DROP TABLE dropped")
+    raw.commit()
+    free: int = raw.execute("PRAGMA freelist_count").fetchone()[0]
+    assert free > 0
+    return free
+
+
 def opened(url: str) -> EventStore:
     """SQLite under FULL, where every write runs on aiosqlite's thread; PostgreSQL as it is."""
     return open_store(url) if url.startswith("postgresql") else open_store(url, synchronous="FULL")
@@ -304,15 +318,7 @@ async def test_a_cancelled_vacuum_stops_before_the_store_is_used_again(sqlite_pa
         raw = sqlite3.connect(sqlite_path)
         try:
             # Large blobs live in overflow pages: ANALYZE reads none of them, VACUUM copies them all.
-            raw.execute("CREATE TABLE bulk (b BLOB)")
-            raw.execute("CREATE TABLE dropped (b BLOB)")
-            for table in ("bulk", "dropped"):
-                raw.executemany(f"INSERT INTO {table} VALUES (?)", [(bytes(200_000),)] * 150)
-            raw.commit()
-            raw.execute("DROP TABLE dropped")  # leaves free pages that only a VACUUM gives back
-            raw.commit()
-            free_before = raw.execute("PRAGMA freelist_count").fetchone()[0]
-            assert free_before > 0
+            free_before = free_pages(raw, kept=150, dropped=150, size=200_000)
             maintenance = asyncio.ensure_future(log.maintain(vacuum=True))
             await asyncio.sleep(0.03)
             maintenance.cancel()
@@ -335,12 +341,7 @@ async def test_a_maintenance_step_cancelled_before_it_starts_does_not_run(sqlite
         await log.append(A, [pushed(1)])
         raw = sqlite3.connect(sqlite_path)
         try:
-            raw.execute("CREATE TABLE dropped (b BLOB)")
-            raw.executemany("INSERT INTO dropped VALUES (?)", [(bytes(100_000),)] * 50)
-            raw.commit()
-            raw.execute("DROP TABLE dropped")
-            raw.commit()
-            free_before = raw.execute("PRAGMA freelist_count").fetchone()[0]
+            free_before = free_pages(raw, kept=0, dropped=50, size=100_000)
             backend = cast(SqliteBackend, log.backend)
             queue_step = backend._on_thread
 
