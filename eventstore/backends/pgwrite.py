@@ -229,14 +229,14 @@ async def _copy_chunks(
         position, version = state.head[0], state.versions[first.stream]
         chunk: PreparedAppend | None = first
         count = 0
+        declined = False
         while chunk is not None:
-            if chunk.stream != first.stream:
-                return None
             outcomes, rows, _ = plan_group(state, [[chunk]], lambda: now, with_records=False)
-            if isinstance(outcomes[0], BaseException) or not outcomes[0][0].written:
+            if chunk.stream != first.stream or isinstance(outcomes[0], BaseException) or not outcomes[0][0].written:
                 # A version conflict, or ids seen in an earlier chunk (the state knows only
                 # those): the general path decides, e.g. "appears twice in one append".
-                return None
+                declined = True
+                break
             if in_flight is not None:
                 await in_flight
             in_flight = asyncio.ensure_future(conn.copy_records_to_table("events", records=rows, columns=_COLUMNS))
@@ -244,9 +244,11 @@ async def _copy_chunks(
             count += len(rows)
             chunk, upcoming = upcoming, next(chunks, None)
         if in_flight is not None:
-            await in_flight
+            # Declined, the COPY in flight ends first (it is rolled back with the rest).
+            with contextlib.suppress(asyncpg.PostgresError) if declined else contextlib.nullcontext():
+                await in_flight
             in_flight = None
-    finally:
+    except BaseException:
         if in_flight is not None and not in_flight.done():
             # Preparing a chunk failed, or we were cancelled: it is all rolled back, so stop
             # the statement and let it end first (a connection runs one thing at a time).
@@ -255,7 +257,10 @@ async def _copy_chunks(
             if not in_flight.cancelled():
                 in_flight.exception()  # retrieved: the error that matters is the one being raised
             if cancelled is not None:
-                raise cancelled
+                raise cancelled from None
+        raise
+    if declined:
+        return None
     return AppendResult(positions=list(range(position + 1, position + count + 1)), version=version + count)
 
 
