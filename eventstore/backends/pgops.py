@@ -6,10 +6,12 @@ Functions of a connection, used by :mod:`eventstore.backends.postgres`.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Sequence
 from typing import Any
 
+import anyio
 import asyncpg
 
 from eventstore.backends.base import PreparedAppend
@@ -58,14 +60,31 @@ INSERT = f"""WITH written AS (
 ) SELECT pg_notify($11, $12)"""
 
 
-async def undo(conn: Any, display_name: str, sql: str) -> None:
-    """Roll back (``sql``) if a transaction is open; a failure is logged, not raised (the pool resets it)."""
-    if conn.is_closed() or not conn.is_in_transaction():
-        return
+async def undo(conn: Any, display_name: str, sql: str = "ROLLBACK") -> None:
+    """Roll back with ``sql`` whether or not the client knows of an open transaction.
+
+    A BEGIN cancelled in flight (while it waited for a lock, say) may have
+    opened one that the client does not know of yet; asyncpg lets the next
+    statement wait for that cancellation to finish. Outside a transaction a
+    ROLLBACK only draws a server notice. A failure is logged, never raised over
+    the error being handled; a connection that cannot take the statement (lost,
+    handed back to the pool, out of step) is ended, so the server rolls back.
+    """
     try:
-        await conn.execute(sql)
-    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+        if conn.is_closed():
+            return
+        with anyio.CancelScope(shield=True):
+            await conn.execute(sql)
+    except asyncpg.PostgresError as exc:  # the connection works; its transaction ends with the error
         log.warning("%s: rollback failed: %s", display_name, type(exc).__name__)
+    except Exception as exc:
+        log.warning("%s: rollback failed (%s); closing the connection", display_name, type(exc).__name__)
+        with contextlib.suppress(Exception):
+            conn.terminate()
+    except BaseException:  # cancelled meanwhile (a plain asyncio cancellation gets through the shield)
+        with contextlib.suppress(Exception):
+            conn.terminate()
+        raise
 
 
 async def init_connection(conn: Any) -> None:

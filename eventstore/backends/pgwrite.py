@@ -18,7 +18,6 @@ import logging
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
-import anyio
 import asyncpg
 
 from eventstore.backends.base import PreparedAppend, wait_out
@@ -90,6 +89,8 @@ class Writes:
                 return outcomes
         try:
             return await self.append_transaction(conn, lambda: self.write_items(conn, items, clock))
+        except (*CONNECTION_LOST, *GIVING_UP):
+            raise
         except asyncpg.PostgresError:
             if len(items) == 1:
                 raise
@@ -121,18 +122,18 @@ class Writes:
             notify = f"SELECT pg_notify({quote_literal(self.channel)}, '{result.positions[-1]}')"
             status = await conn.execute(f"{notify}; COMMIT")
         except CONNECTION_LOST:
-            await abandon(conn)
+            await undo(conn, self._display_name)
             raise  # the COMMIT may have gone through: unknown, as for any append
         except GIVING_UP:
-            await abandon(conn)
+            await undo(conn, self._display_name)
             raise  # lock_timeout, statement_timeout: the general path would wait all over again
         except asyncpg.PostgresError as exc:
-            await abandon(conn)
+            await undo(conn, self._display_name)
             if not _recorded_id(exc):
                 self._general_path_after(exc)
             return None
         except BaseException:
-            await abandon(conn)
+            await undo(conn, self._display_name)
             raise
         if status != "COMMIT":  # the server rolled back instead (a statement failed and we did not see it)
             raise DatabaseError(f"a large append to {self._display_name} was rolled back, not committed")
@@ -177,12 +178,12 @@ class Writes:
         log.log(level, "%s; appending through the general path", self._driver_error(exc))
 
     async def append_transaction(self, conn: Any, work: Callable[[], Awaitable[T]]) -> T:
-        await conn.execute(f"{BEGIN}; {self.append_lock}")
         try:
+            await conn.execute(f"{BEGIN}; {self.append_lock}")
             result = await work()
             await conn.execute("COMMIT")
         except BaseException:
-            await undo(conn, self._display_name, "ROLLBACK")
+            await undo(conn, self._display_name)
             raise
         return result
 
@@ -262,27 +263,6 @@ async def _copy_chunks(
     if declined:
         return None
     return AppendResult(positions=list(range(position + 1, position + count + 1)), version=version + count)
-
-
-async def abandon(conn: Any) -> None:
-    """Roll back the transaction begun; if the connection cannot take it, end the session (the server rolls back).
-
-    Unconditionally: a statement cancelled in flight (BEGIN and the lock wait,
-    say) may have opened the transaction without the client knowing yet, and
-    asyncpg lets a ROLLBACK wait for that cancellation to finish.
-    """
-    try:
-        if conn.is_closed():
-            return
-        with anyio.CancelScope(shield=True):
-            await conn.execute("ROLLBACK")
-    except Exception:  # e.g. lost, or handed back to the pool: the original error is the one to raise
-        with contextlib.suppress(Exception):
-            conn.terminate()
-    except BaseException:  # cancelled meanwhile
-        with contextlib.suppress(Exception):
-            conn.terminate()
-        raise
 
 
 def _recorded_id(exc: BaseException) -> bool:

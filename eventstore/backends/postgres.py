@@ -318,8 +318,8 @@ class PostgresBackend(Backend):
             else (BEGIN, "COMMIT", "ROLLBACK")
         )
         async with self._connection() as conn:
-            await conn.execute(f"{begin}; {lock}" if lock else begin)
             try:
+                await conn.execute(f"{begin}; {lock}" if lock else begin)
                 result = await work(conn)
                 await conn.execute(commit)
             except BaseException:
@@ -415,7 +415,11 @@ class PostgresBackend(Backend):
         # keeps a unit of work that writes read rows and then appends from
         # deadlocking against another process's append updating those rows.
         async with self._lock, self._pooled() as conn:
-            await conn.execute(f"{BEGIN}; {self._writes.append_lock}")
+            try:
+                await conn.execute(f"{BEGIN}; {self._writes.append_lock}")
+            except BaseException:  # e.g. cancelled while waiting for the lock: BEGIN may have run
+                await undo(conn, self.display_name)
+                raise
             uow = _UnitOfWork(conn)
             token = self._uow.set(uow)
             try:
@@ -423,14 +427,14 @@ class PostgresBackend(Backend):
             except BaseException:
                 self._uow.reset(token)
                 with anyio.CancelScope(shield=True):
-                    await undo(conn, self.display_name, "ROLLBACK")
+                    await undo(conn, self.display_name)
                 raise
             self._uow.reset(token)
             with anyio.CancelScope(shield=True):
                 try:
                     status = await conn.execute("COMMIT")
                 except BaseException:
-                    await undo(conn, self.display_name, "ROLLBACK")
+                    await undo(conn, self.display_name)
                     raise
             if status != "COMMIT":
                 # The server ended the transaction as failed (a statement in it was cancelled or
