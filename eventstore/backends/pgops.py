@@ -6,6 +6,7 @@ Functions of a connection, used by :mod:`eventstore.backends.postgres`.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import Sequence
@@ -14,7 +15,7 @@ from typing import Any
 import anyio
 import asyncpg
 
-from eventstore.backends.base import PreparedAppend
+from eventstore.backends.base import PreparedAppend, wait_out
 from eventstore.backends.pgtext import coerce, number, numbered, rowcount
 from eventstore.backends.plan import LogState, repeatable_ids
 from eventstore.codec import GENESIS_HASH
@@ -60,7 +61,7 @@ INSERT = f"""WITH written AS (
 ) SELECT pg_notify($11, $12)"""
 
 
-async def undo(conn: Any, display_name: str, sql: str = "ROLLBACK") -> None:
+async def undo(conn: Any, display_name: str, sql: str = "ROLLBACK", *, keep: bool = False) -> None:
     """Roll back with ``sql`` whether or not the client knows of an open transaction.
 
     A BEGIN cancelled in flight (while it waited for a lock, say) may have
@@ -68,13 +69,28 @@ async def undo(conn: Any, display_name: str, sql: str = "ROLLBACK") -> None:
     statement wait for that cancellation to finish. Outside a transaction a
     ROLLBACK only draws a server notice. A failure is logged, never raised over
     the error being handled; a connection that cannot take the statement (lost,
-    handed back to the pool, out of step) is ended, so the server rolls back.
+    out of step) is ended, so the server rolls back. With ``keep`` (a savepoint
+    of a unit of work, whose connection must stay usable) the statement is
+    waited out even if we are cancelled meanwhile, and the connection is kept.
     """
     try:
         if conn.is_closed():
             return
-        with anyio.CancelScope(shield=True):
-            await conn.execute(sql)
+    except asyncpg.InterfaceError:  # lost, so asyncpg already took it back from us: nothing to roll back
+        return
+    try:
+        if keep:
+            statement = asyncio.ensure_future(conn.execute(sql))
+            cancelled = await wait_out(statement)
+            if (failed := statement.exception()) is not None:
+                raise failed
+            if cancelled is not None:
+                raise cancelled
+        else:
+            with anyio.CancelScope(shield=True):
+                await conn.execute(sql)
+    except asyncpg.InvalidSavepointSpecificationError:
+        return  # the savepoint was never made (its statement failed): nothing of it to undo
     except asyncpg.PostgresError as exc:  # the connection works; its transaction ends with the error
         log.warning("%s: rollback failed: %s", display_name, type(exc).__name__)
     except Exception as exc:
@@ -82,8 +98,9 @@ async def undo(conn: Any, display_name: str, sql: str = "ROLLBACK") -> None:
         with contextlib.suppress(Exception):
             conn.terminate()
     except BaseException:  # cancelled meanwhile (a plain asyncio cancellation gets through the shield)
-        with contextlib.suppress(Exception):
-            conn.terminate()
+        if not keep:
+            with contextlib.suppress(Exception):
+                conn.terminate()
         raise
 
 

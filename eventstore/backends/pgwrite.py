@@ -87,12 +87,20 @@ class Writes:
             outcomes = await self.append_in_one_call(conn, items, clock)
             if outcomes is not None:
                 return outcomes
+        locked = False
+
+        async def write() -> list[Outcome]:
+            nonlocal locked
+            locked = True
+            return await self.write_items(conn, items, clock)
+
         try:
-            return await self.append_transaction(conn, lambda: self.write_items(conn, items, clock))
-        except (*CONNECTION_LOST, *GIVING_UP):
+            return await self.append_transaction(conn, write)
+        except CONNECTION_LOST:
             raise
         except asyncpg.PostgresError:
-            if len(items) == 1:
+            # BEGIN or the lock failed (e.g. lock_timeout): the same for every caller.
+            if len(items) == 1 or not locked:
                 raise
         # The database refused something (a read model's constraint, say):
         # redo the group with one savepoint per caller to fail only its owner.

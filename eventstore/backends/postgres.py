@@ -323,8 +323,7 @@ class PostgresBackend(Backend):
                 result = await work(conn)
                 await conn.execute(commit)
             except BaseException:
-                with anyio.CancelScope(shield=True):
-                    await undo(conn, self.display_name, rollback)
+                await undo(conn, self.display_name, rollback, keep=inside)
                 raise
         return result
 
@@ -455,8 +454,7 @@ class PostgresBackend(Backend):
         try:
             yield
         except BaseException:
-            with anyio.CancelScope(shield=True):
-                await undo(uow.conn, self.display_name, f"ROLLBACK TO {name}; RELEASE {name}")
+            await undo(uow.conn, self.display_name, f"ROLLBACK TO {name}; RELEASE {name}", keep=True)
             raise
         finally:
             uow.depth -= 1

@@ -1,0 +1,107 @@
+"""PostgreSQL: what a failed, timed-out, cancelled or lost statement leaves behind.
+
+Every path rolls back what it began (even a BEGIN the client does not yet know
+ran), reports the error that happened rather than one from cleaning up, keeps a
+unit of work's connection usable, and fails only the caller whose statement
+failed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+
+import pytest
+
+from eventstore import DatabaseError, GuardedBatch, RecordedEvent, SignalPushed, Statement, open_store
+from tests.conftest import POSTGRES_URL
+
+asyncpg = pytest.importorskip("asyncpg")
+
+pytestmark = [pytest.mark.anyio, pytest.mark.postgres]
+
+
+def pushed(n: int) -> SignalPushed:
+    return SignalPushed(signal_id=n, notion_page_id=f"page-{n}")
+
+
+def warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [record.getMessage() for record in caplog.records if record.levelno >= logging.WARNING]
+
+
+async def test_a_hook_timing_out_for_one_caller_fails_only_that_caller(postgres_store_url: str) -> None:
+    def hook(recorded: Sequence[RecordedEvent]) -> Sequence[GuardedBatch]:
+        bump = "UPDATE seen SET n = n + 1 WHERE stream = ?"
+        return [GuardedBatch(None, [Statement(bump, [event.stream])]) for event in recorded]
+
+    async with open_store(postgres_store_url, server_settings={"lock_timeout": "300ms"}) as log:
+        create = "CREATE TABLE seen (stream text PRIMARY KEY, n integer NOT NULL)"
+        insert = "INSERT INTO seen VALUES ('company:taken', 0)"
+        await log.apply([GuardedBatch(None, [Statement(create), Statement(insert)])])
+        log.set_inline_hook(hook)
+        assert POSTGRES_URL
+        holder = await asyncpg.connect(POSTGRES_URL, server_settings={"search_path": log.backend.schema})  # type: ignore[attr-defined]
+        try:
+            await holder.execute("BEGIN; SELECT n FROM seen WHERE stream = 'company:taken' FOR UPDATE")
+            outcomes = await asyncio.wait_for(
+                asyncio.gather(
+                    *(log.append(stream, [pushed(1)]) for stream in ("company:a", "company:taken", "company:b")),
+                    return_exceptions=True,
+                ),
+                20,
+            )
+        finally:
+            await holder.close()
+        assert isinstance(outcomes[1], DatabaseError) and "LockNotAvailable" in str(outcomes[1])
+        assert [type(outcomes[0]).__name__, type(outcomes[2]).__name__] == ["AppendResult", "AppendResult"]
+        assert [e.stream async for e in log.read_all()] == ["company:a", "company:b"]
+
+
+async def test_a_lost_connection_reports_itself_and_nothing_else(
+    postgres_store_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING)
+    async with open_store(postgres_store_url) as log, open_store(postgres_store_url) as other:
+        sleeping = asyncio.ensure_future(log.apply([GuardedBatch(None, [Statement("SELECT pg_sleep(5)")])]))
+        pids: list[tuple[int]] = []
+        async with asyncio.timeout(20):
+            while not pids:
+                await asyncio.sleep(0.05)
+                pids = await other.query("SELECT pid FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(5)'")
+        await other.query("SELECT pg_terminate_backend(?)", [pids[0][0]])
+        with pytest.raises(DatabaseError, match="ConnectionDoesNotExist"):
+            await sleeping
+        assert warnings(caplog) == []
+        await log.append("s:after", [pushed(1)])  # the store goes on
+
+
+async def test_a_failed_statement_in_a_unit_of_work_is_reported_at_commit_without_noise(
+    postgres_store_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING)
+    async with open_store(postgres_store_url) as log:
+        with pytest.raises(DatabaseError, match="rolled back, not committed"):
+            async with log.transaction():
+                with pytest.raises(DatabaseError, match="DivisionByZero"):
+                    await log.query("SELECT 1/0")
+                with pytest.raises(DatabaseError, match="InFailedSQLTransaction"):
+                    await log.append("s:a", [pushed(1)])  # the unit of work is aborted already
+        assert warnings(caplog) == []
+        assert await log.head_position() == 0
+
+
+async def test_a_statement_cancelled_twice_in_a_unit_of_work_keeps_its_connection(postgres_store_url: str) -> None:
+    """The second cancellation lands during the rollback to the statement's savepoint: the unit of work goes on."""
+    async with open_store(postgres_store_url) as log:
+        async with log.transaction():
+            await log.append("s:a", [pushed(1)])
+            task = asyncio.ensure_future(log.apply([GuardedBatch(None, [Statement("SELECT pg_sleep(0.5)")])]))
+            await asyncio.sleep(0.1)
+            task.cancel()
+            await asyncio.sleep(0)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            await log.append("s:b", [pushed(2)])
+        assert [e.stream async for e in log.read_all()] == ["s:a", "s:b"]
