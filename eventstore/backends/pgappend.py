@@ -94,4 +94,3 @@ def results_of(requests: Sequence[PreparedAppend], first_position: int, versions
         results.append(AppendResult(positions=list(range(position, position + count)), version=before + count))
         position += count
     return results
-
