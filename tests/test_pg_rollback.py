@@ -15,6 +15,8 @@ from collections.abc import Sequence
 import pytest
 
 from eventstore import DatabaseError, GuardedBatch, RecordedEvent, SignalPushed, Statement, open_store
+from eventstore.backends import pgops
+from eventstore.backends.pgops import undo
 from tests.conftest import POSTGRES_URL
 
 asyncpg = pytest.importorskip("asyncpg")
@@ -105,3 +107,68 @@ async def test_a_statement_cancelled_twice_in_a_unit_of_work_keeps_its_connectio
                 await task
             await log.append("s:b", [pushed(2)])
         assert [e.stream async for e in log.read_all()] == ["s:a", "s:b"]
+
+
+async def test_callers_whose_hooks_wait_for_the_same_lock_do_not_wait_one_after_another(
+    postgres_store_url: str,
+) -> None:
+    """After the server gives up on one caller's statement, the rest of the group fails at once."""
+    hooked: list[str] = []
+
+    def hook(recorded: Sequence[RecordedEvent]) -> Sequence[GuardedBatch]:
+        hooked.extend(event.stream for event in recorded)
+        return [GuardedBatch(None, [Statement("UPDATE seen SET n = n + 1")])]
+
+    async with open_store(postgres_store_url, server_settings={"lock_timeout": "200ms"}) as log:
+        await log.apply([GuardedBatch(None, [Statement("CREATE TABLE seen (n integer)")])])
+        await log.apply([GuardedBatch(None, [Statement("INSERT INTO seen VALUES (0)")])])
+        log.set_inline_hook(hook)
+        assert POSTGRES_URL
+        holder = await asyncpg.connect(POSTGRES_URL, server_settings={"search_path": log.backend.schema})  # type: ignore[attr-defined]
+        try:
+            await holder.execute("BEGIN; SELECT n FROM seen FOR UPDATE")
+            outcomes = await asyncio.wait_for(
+                asyncio.gather(*(log.append(f"s:{n}", [pushed(n + 1)]) for n in range(20)), return_exceptions=True),
+                60,
+            )
+        finally:
+            await holder.close()
+        assert all(isinstance(o, DatabaseError) and "LockNotAvailable" in str(o) for o in outcomes), outcomes
+        # The group's attempt, then one more caller in the retry: not one lock wait per caller.
+        assert len(hooked) <= 3, hooked
+        assert await log.head_position() == 0
+
+
+async def test_a_savepoint_rollback_passes_on_the_cancellation_even_if_the_rollback_fails(
+    postgres_store_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    assert POSTGRES_URL
+    conn = await asyncpg.connect(POSTGRES_URL)
+    try:
+        await conn.execute("BEGIN")
+        undoing = asyncio.ensure_future(undo(conn, "test", "SELECT pg_sleep(0.3); ROLLBACK TO no_such", keep=True))
+        await asyncio.sleep(0.1)
+        undoing.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(undoing, 20)
+        assert not conn.is_closed()  # a unit of work's connection is kept
+    finally:
+        await conn.close()
+
+
+async def test_a_savepoint_rollback_the_server_does_not_answer_ends_the_connection_once_cancelled(
+    postgres_store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(pgops, "UNDO_GRACE", 0.3)
+    assert POSTGRES_URL
+    conn = await asyncpg.connect(POSTGRES_URL)
+    try:
+        await conn.execute("BEGIN")
+        undoing = asyncio.ensure_future(undo(conn, "test", "SELECT pg_sleep(60)", keep=True))
+        await asyncio.sleep(0.1)
+        undoing.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(undoing, 20)  # (a hang guard, not a speed limit)
+        assert conn.is_closed()
+    finally:
+        await conn.close()

@@ -69,39 +69,61 @@ async def undo(conn: Any, display_name: str, sql: str = "ROLLBACK", *, keep: boo
     statement wait for that cancellation to finish. Outside a transaction a
     ROLLBACK only draws a server notice. A failure is logged, never raised over
     the error being handled; a connection that cannot take the statement (lost,
-    out of step) is ended, so the server rolls back. With ``keep`` (a savepoint
-    of a unit of work, whose connection must stay usable) the statement is
-    waited out even if we are cancelled meanwhile, and the connection is kept.
+    out of step) is ended, so the server rolls back.
+
+    With ``keep`` (a savepoint of a unit of work, whose connection must stay
+    usable) a cancellation meanwhile lets the statement finish, then is raised;
+    should the server not answer within ``UNDO_GRACE`` seconds of it, the
+    connection is ended rather than wait on.
     """
     try:
         if conn.is_closed():
             return
     except asyncpg.InterfaceError:  # lost, so asyncpg already took it back from us: nothing to roll back
         return
-    try:
-        if keep:
-            statement = asyncio.ensure_future(conn.execute(sql))
-            cancelled = await wait_out(statement)
-            if (failed := statement.exception()) is not None:
-                raise failed
-            if cancelled is not None:
-                raise cancelled
-        else:
+    if not keep:
+        try:
             with anyio.CancelScope(shield=True):
                 await conn.execute(sql)
-    except asyncpg.InvalidSavepointSpecificationError:
+        except Exception as exc:
+            _undo_failed(conn, display_name, exc)
+        except BaseException:  # cancelled meanwhile (a plain asyncio cancellation gets through the shield)
+            _terminate(conn)
+            raise
+        return
+    statement = asyncio.ensure_future(conn.execute(sql))
+    deadline: list[asyncio.TimerHandle] = []
+
+    def give_up_later() -> None:
+        if not deadline:
+            deadline.append(asyncio.get_running_loop().call_later(UNDO_GRACE, _terminate, conn))
+
+    cancelled = await wait_out(statement, give_up_later)
+    for handle in deadline:
+        handle.cancel()
+    if (failed := statement.exception()) is not None:
+        _undo_failed(conn, display_name, failed)
+    if cancelled is not None:
+        raise cancelled
+
+
+#: Seconds a savepoint rollback may take after its caller was cancelled (see :func:`undo`).
+UNDO_GRACE = 10.0
+
+
+def _undo_failed(conn: Any, display_name: str, exc: BaseException) -> None:
+    if isinstance(exc, asyncpg.InvalidSavepointSpecificationError):
         return  # the savepoint was never made (its statement failed): nothing of it to undo
-    except asyncpg.PostgresError as exc:  # the connection works; its transaction ends with the error
+    if isinstance(exc, asyncpg.PostgresError):  # the connection works; its transaction ends with the error
         log.warning("%s: rollback failed: %s", display_name, type(exc).__name__)
-    except Exception as exc:
-        log.warning("%s: rollback failed (%s); closing the connection", display_name, type(exc).__name__)
-        with contextlib.suppress(Exception):
-            conn.terminate()
-    except BaseException:  # cancelled meanwhile (a plain asyncio cancellation gets through the shield)
-        if not keep:
-            with contextlib.suppress(Exception):
-                conn.terminate()
-        raise
+        return
+    log.warning("%s: rollback failed (%s); closing the connection", display_name, type(exc).__name__)
+    _terminate(conn)
+
+
+def _terminate(conn: Any) -> None:
+    with contextlib.suppress(Exception):
+        conn.terminate()
 
 
 async def init_connection(conn: Any) -> None:

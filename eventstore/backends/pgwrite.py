@@ -39,6 +39,8 @@ CONNECTION_LOST = (asyncpg.PostgresConnectionError, asyncpg.exceptions.OperatorI
 #: The server gave up on a statement (lock_timeout, statement_timeout): not a reason to take another path.
 GIVING_UP = (asyncpg.exceptions.LockNotAvailableError, asyncpg.exceptions.QueryCanceledError)
 _COLUMNS = COLUMNS.split(", ")
+# Set on a database error from a caller's inline-hook statements: that caller's index in the group.
+_CALLER = "eventstore_caller"
 
 
 class Writes:
@@ -98,14 +100,15 @@ class Writes:
             return await self.append_transaction(conn, write)
         except CONNECTION_LOST:
             raise
-        except asyncpg.PostgresError:
+        except asyncpg.PostgresError as exc:
             # BEGIN or the lock failed (e.g. lock_timeout): the same for every caller.
             if len(items) == 1 or not locked:
                 raise
-        # The database refused something (a read model's constraint, say):
-        # redo the group with one savepoint per caller to fail only its owner.
-        return await self.append_transaction(conn, lambda: self.write_each(conn, items, clock))
-
+            failed = {culprit: exc} if (culprit := getattr(exc, _CALLER, None)) is not None else {}
+        # The database refused something (a read model's constraint, say): redo the
+        # group with one savepoint per caller to fail only its owner (known already
+        # if its inline hook failed: it is not run again).
+        return await self.append_transaction(conn, lambda: self.write_each(conn, items, clock, failed))
     async def append_streamed(
         self, conn: Any, chunks: Iterator[PreparedAppend], clock: Clock
     ) -> AppendResult | None:
@@ -195,27 +198,56 @@ class Writes:
             raise
         return result
 
-    async def write_each(self, conn: Any, items: list[Sequence[PreparedAppend]], clock: Clock) -> list[Outcome]:
+    async def write_each(
+        self,
+        conn: Any,
+        items: list[Sequence[PreparedAppend]],
+        clock: Clock,
+        failed: dict[int, BaseException],
+    ) -> list[Outcome]:
+        """Each caller in its own savepoint; ``failed`` callers get their error without running again.
+
+        Once the server gives up on a statement (lock or statement timeout), the
+        callers not yet run get that error too: each would otherwise wait for the
+        same lock again, one after the other, while the append lock is held.
+        """
         outcomes: list[Outcome] = []
+        saved = False
+        gave_up: BaseException | None = None
         for index, requests in enumerate(items):
-            await conn.execute("RELEASE es_item; SAVEPOINT es_item" if index else "SAVEPOINT es_item")
+            known = failed.get(index, gave_up)
+            if known is not None:
+                outcomes.append(self._driver_error(known))
+                continue
+            await conn.execute("RELEASE es_item; SAVEPOINT es_item" if saved else "SAVEPOINT es_item")
+            saved = True
             try:
                 outcomes += await self.write_items(conn, [requests], clock)
             except asyncpg.PostgresError as exc:
                 await conn.execute("ROLLBACK TO es_item")
                 outcomes.append(self._driver_error(exc))
+                if isinstance(exc, GIVING_UP):
+                    gave_up = exc
         return outcomes
 
     async def write_items(self, conn: Any, items: list[Sequence[PreparedAppend]], clock: Clock) -> list[Outcome]:
-        """Check, number and insert every caller's requests; a failed check fails only its caller."""
+        """Check, number and insert every caller's requests; a failed check fails only its caller.
+
+        A failing inline-hook statement is marked with its caller's index in ``items``.
+        """
         state = await read_state(conn, items)
         outcomes, rows, recorded = plan_group(state, items, clock, with_records=self.hook is not None)
         if rows:
             await conn.execute(INSERT, *zip(*rows, strict=True), self.channel, str(rows[-1][0]))
         if self.hook is not None:
-            for events in recorded:
+            planned = [index for index, outcome in enumerate(outcomes) if not isinstance(outcome, BaseException)]
+            for caller, events in zip(planned, recorded, strict=True):
                 if events:
-                    await run_batches(conn, self.hook(events))
+                    try:
+                        await run_batches(conn, self.hook(events))
+                    except asyncpg.PostgresError as exc:
+                        setattr(exc, _CALLER, caller)
+                        raise
         return outcomes
 
 
