@@ -2,8 +2,8 @@
 
 Every path rolls back what it began (even a BEGIN the client does not yet know
 ran), reports the error that happened rather than one from cleaning up, keeps a
-unit of work's connection usable, and fails only the caller whose statement
-failed.
+unit of work's connection usable, and fails only the callers whose own
+statements failed.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import asyncio
 import logging
 from collections.abc import Sequence
 
+import anyio
 import pytest
 
 from eventstore import DatabaseError, GuardedBatch, RecordedEvent, SignalPushed, Statement, open_store
@@ -109,34 +110,37 @@ async def test_a_statement_cancelled_twice_in_a_unit_of_work_keeps_its_connectio
         assert [e.stream async for e in log.read_all()] == ["s:a", "s:b"]
 
 
-async def test_callers_whose_hooks_wait_for_the_same_lock_do_not_wait_one_after_another(
+async def test_in_a_group_retried_caller_by_caller_only_callers_needing_the_held_row_time_out(
     postgres_store_url: str,
 ) -> None:
-    """After the server gives up on one caller's statement, the rest of the group fails at once."""
+    """The caller whose hook failed the group is not run again; bystanders still succeed."""
     hooked: list[str] = []
 
     def hook(recorded: Sequence[RecordedEvent]) -> Sequence[GuardedBatch]:
         hooked.extend(event.stream for event in recorded)
-        return [GuardedBatch(None, [Statement("UPDATE seen SET n = n + 1")])]
+        bump = "UPDATE seen SET n = n + 1 WHERE k = ?"
+        return [GuardedBatch(None, [Statement(bump, [event.stream.split(":")[0]])]) for event in recorded]
 
     async with open_store(postgres_store_url, server_settings={"lock_timeout": "200ms"}) as log:
-        await log.apply([GuardedBatch(None, [Statement("CREATE TABLE seen (n integer)")])])
-        await log.apply([GuardedBatch(None, [Statement("INSERT INTO seen VALUES (0)")])])
+        create = "CREATE TABLE seen (k text PRIMARY KEY, n integer NOT NULL)"
+        insert = "INSERT INTO seen VALUES ('free', 0), ('taken', 0)"
+        await log.apply([GuardedBatch(None, [Statement(create), Statement(insert)])])
         log.set_inline_hook(hook)
         assert POSTGRES_URL
         holder = await asyncpg.connect(POSTGRES_URL, server_settings={"search_path": log.backend.schema})  # type: ignore[attr-defined]
         try:
-            await holder.execute("BEGIN; SELECT n FROM seen FOR UPDATE")
+            await holder.execute("BEGIN; SELECT n FROM seen WHERE k = 'taken' FOR UPDATE")
+            streams = ["free:a", "taken:1", "taken:2", "free:b"]
             outcomes = await asyncio.wait_for(
-                asyncio.gather(*(log.append(f"s:{n}", [pushed(n + 1)]) for n in range(20)), return_exceptions=True),
-                60,
+                asyncio.gather(*(log.append(s, [pushed(1)]) for s in streams), return_exceptions=True), 60
             )
         finally:
             await holder.close()
-        assert all(isinstance(o, DatabaseError) and "LockNotAvailable" in str(o) for o in outcomes), outcomes
-        # The group's attempt, then one more caller in the retry: not one lock wait per caller.
-        assert len(hooked) <= 3, hooked
-        assert await log.head_position() == 0
+        failed = [s for s, o in zip(streams, outcomes, strict=True) if isinstance(o, DatabaseError)]
+        assert failed == ["taken:1", "taken:2"], outcomes
+        assert all("LockNotAvailable" in str(outcomes[streams.index(s)]) for s in failed)
+        assert hooked.count("taken:1") == 1  # failed the group's attempt; not run again
+        assert [e.stream async for e in log.read_all()] == ["free:a", "free:b"]
 
 
 async def test_a_savepoint_rollback_passes_on_the_cancellation_even_if_the_rollback_fails(
@@ -156,19 +160,42 @@ async def test_a_savepoint_rollback_passes_on_the_cancellation_even_if_the_rollb
         await conn.close()
 
 
-async def test_a_savepoint_rollback_the_server_does_not_answer_ends_the_connection_once_cancelled(
-    postgres_store_url: str, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("cancel", ["asyncio", "anyio"])
+async def test_a_rollback_the_server_does_not_answer_ends_the_connection(
+    postgres_store_url: str, monkeypatch: pytest.MonkeyPatch, cancel: str
 ) -> None:
+    """However the caller is cancelled (or not at all), a rollback never waits on a silent server for long."""
     monkeypatch.setattr(pgops, "UNDO_GRACE", 0.3)
     assert POSTGRES_URL
     conn = await asyncpg.connect(POSTGRES_URL)
     try:
         await conn.execute("BEGIN")
-        undoing = asyncio.ensure_future(undo(conn, "test", "SELECT pg_sleep(60)", keep=True))
-        await asyncio.sleep(0.1)
-        undoing.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await asyncio.wait_for(undoing, 20)  # (a hang guard, not a speed limit)
+        async with asyncio.timeout(20):  # (a hang guard, not a speed limit)
+            if cancel == "anyio":
+                with anyio.move_on_after(0.1):
+                    await undo(conn, "test", "SELECT pg_sleep(60)", keep=True)
+            else:
+                undoing = asyncio.ensure_future(undo(conn, "test", "SELECT pg_sleep(60)", keep=True))
+                await asyncio.sleep(0.1)
+                undoing.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await undoing
         assert conn.is_closed()
+    finally:
+        await conn.close()
+
+
+async def test_a_rollback_that_finished_leaves_its_connection_alone(
+    postgres_store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(pgops, "UNDO_GRACE", 0.2)
+    assert POSTGRES_URL
+    conn = await asyncpg.connect(POSTGRES_URL)
+    try:
+        await conn.execute("BEGIN")
+        await undo(conn, "test", keep=True)
+        await asyncio.sleep(0.4)  # past the grace: the timer must be gone
+        assert not conn.is_closed()
+        assert await conn.fetchval("SELECT 1") == 1
     finally:
         await conn.close()

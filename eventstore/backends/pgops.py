@@ -69,56 +69,63 @@ async def undo(conn: Any, display_name: str, sql: str = "ROLLBACK", *, keep: boo
     statement wait for that cancellation to finish. Outside a transaction a
     ROLLBACK only draws a server notice. A failure is logged, never raised over
     the error being handled; a connection that cannot take the statement (lost,
-    out of step) is ended, so the server rolls back.
+    out of step, or no answer within ``UNDO_GRACE`` seconds) is ended, so the
+    server rolls back.
 
-    With ``keep`` (a savepoint of a unit of work, whose connection must stay
-    usable) a cancellation meanwhile lets the statement finish, then is raised;
-    should the server not answer within ``UNDO_GRACE`` seconds of it, the
-    connection is ended rather than wait on.
+    Cancelled meanwhile, the connection is ended at once; with ``keep`` (a
+    savepoint of a unit of work, whose connection must stay usable) the
+    statement is let finish instead, and the cancellation raised afterwards.
     """
     try:
         if conn.is_closed():
             return
     except asyncpg.InterfaceError:  # lost, so asyncpg already took it back from us: nothing to roll back
         return
-    if not keep:
-        try:
-            with anyio.CancelScope(shield=True):
-                await conn.execute(sql)
-        except Exception as exc:
-            _undo_failed(conn, display_name, exc)
-        except BaseException:  # cancelled meanwhile (a plain asyncio cancellation gets through the shield)
-            _terminate(conn)
-            raise
-        return
     statement = asyncio.ensure_future(conn.execute(sql))
-    deadline: list[asyncio.TimerHandle] = []
-
-    def give_up_later() -> None:
-        if not deadline:
-            deadline.append(asyncio.get_running_loop().call_later(UNDO_GRACE, _terminate, conn))
-
-    cancelled = await wait_out(statement, give_up_later)
-    for handle in deadline:
-        handle.cancel()
-    if (failed := statement.exception()) is not None:
+    statement.add_done_callback(_retrieved)
+    timer = asyncio.get_running_loop().call_later(UNDO_GRACE, _end_if_pending, statement, conn)
+    cancelled: asyncio.CancelledError | None = None
+    try:
+        if keep:
+            cancelled = await wait_out(statement)
+        else:
+            with anyio.CancelScope(shield=True):
+                await asyncio.wait((statement,))
+    except BaseException:  # cancelled (a plain asyncio cancellation gets through the shield)
+        _terminate(conn)
+        raise
+    finally:
+        timer.cancel()
+    if not statement.cancelled() and (failed := statement.exception()) is not None:
         _undo_failed(conn, display_name, failed)
     if cancelled is not None:
         raise cancelled
 
 
-#: Seconds a savepoint rollback may take after its caller was cancelled (see :func:`undo`).
+#: Seconds a rollback may take before its connection is ended instead (see :func:`undo`).
 UNDO_GRACE = 10.0
 
 
 def _undo_failed(conn: Any, display_name: str, exc: BaseException) -> None:
     if isinstance(exc, asyncpg.InvalidSavepointSpecificationError):
         return  # the savepoint was never made (its statement failed): nothing of it to undo
+    if isinstance(exc, asyncpg.PostgresConnectionError):
+        return  # lost (or ended by us): the server rolls back; the error being handled says what happened
     if isinstance(exc, asyncpg.PostgresError):  # the connection works; its transaction ends with the error
         log.warning("%s: rollback failed: %s", display_name, type(exc).__name__)
         return
     log.warning("%s: rollback failed (%s); closing the connection", display_name, type(exc).__name__)
     _terminate(conn)
+
+
+def _end_if_pending(statement: asyncio.Future[Any], conn: Any) -> None:
+    if not statement.done():
+        _terminate(conn)
+
+
+def _retrieved(statement: asyncio.Future[Any]) -> None:
+    if not statement.cancelled():
+        statement.exception()  # retrieved: a failed rollback is logged by undo, or moot once the connection ended
 
 
 def _terminate(conn: Any) -> None:

@@ -207,17 +207,15 @@ class Writes:
     ) -> list[Outcome]:
         """Each caller in its own savepoint; ``failed`` callers get their error without running again.
 
-        Once the server gives up on a statement (lock or statement timeout), the
-        callers not yet run get that error too: each would otherwise wait for the
-        same lock again, one after the other, while the append lock is held.
+        A caller whose statement waits for a lock held elsewhere waits up to the
+        server's lock_timeout, as any statement does; each such caller in the
+        group waits its own turn (the one that failed the group is not run again).
         """
         outcomes: list[Outcome] = []
         saved = False
-        gave_up: BaseException | None = None
         for index, requests in enumerate(items):
-            known = failed.get(index, gave_up)
-            if known is not None:
-                outcomes.append(self._driver_error(known))
+            if index in failed:
+                outcomes.append(self._driver_error(failed[index]))
                 continue
             await conn.execute("RELEASE es_item; SAVEPOINT es_item" if saved else "SAVEPOINT es_item")
             saved = True
@@ -226,8 +224,6 @@ class Writes:
             except asyncpg.PostgresError as exc:
                 await conn.execute("ROLLBACK TO es_item")
                 outcomes.append(self._driver_error(exc))
-                if isinstance(exc, GIVING_UP):
-                    gave_up = exc
         return outcomes
 
     async def write_items(self, conn: Any, items: list[Sequence[PreparedAppend]], clock: Clock) -> list[Outcome]:
