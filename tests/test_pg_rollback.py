@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Sequence
 
 import anyio
@@ -197,5 +198,24 @@ async def test_a_rollback_that_finished_leaves_its_connection_alone(
         await asyncio.sleep(0.4)  # past the grace: the timer must be gone
         assert not conn.is_closed()
         assert await conn.fetchval("SELECT 1") == 1
+    finally:
+        await conn.close()
+
+
+async def test_a_rollback_answered_while_the_event_loop_was_busy_keeps_its_connection(
+    postgres_store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The answer and the grace running out seen in one turn of the loop: the answer wins."""
+    monkeypatch.setattr(pgops, "UNDO_GRACE", 0.3)
+    assert POSTGRES_URL
+    conn = await asyncpg.connect(POSTGRES_URL)
+    try:
+        await conn.execute("BEGIN")
+        undoing = asyncio.ensure_future(undo(conn, "test", keep=True))
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)  # the ROLLBACK is sent
+        time.sleep(0.5)  # noqa: ASYNC251 -- the loop stalled past the grace while the answer arrives
+        await asyncio.wait_for(undoing, 20)
+        assert not conn.is_closed()
     finally:
         await conn.close()

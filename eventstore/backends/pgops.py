@@ -15,7 +15,7 @@ from typing import Any
 import anyio
 import asyncpg
 
-from eventstore.backends.base import PreparedAppend, wait_out
+from eventstore.backends.base import PreparedAppend
 from eventstore.backends.pgtext import coerce, number, numbered, rowcount
 from eventstore.backends.plan import LogState, repeatable_ids
 from eventstore.codec import GENESIS_HASH
@@ -83,19 +83,21 @@ async def undo(conn: Any, display_name: str, sql: str = "ROLLBACK", *, keep: boo
         return
     statement = asyncio.ensure_future(conn.execute(sql))
     statement.add_done_callback(_retrieved)
-    timer = asyncio.get_running_loop().call_later(UNDO_GRACE, _end_if_pending, statement, conn)
+    loop = asyncio.get_running_loop()
+    deadline: float | None = loop.time() + UNDO_GRACE
     cancelled: asyncio.CancelledError | None = None
-    try:
-        if keep:
-            cancelled = await wait_out(statement)
-        else:
-            with anyio.CancelScope(shield=True):
-                await asyncio.wait((statement,))
-    except BaseException:  # cancelled (a plain asyncio cancellation gets through the shield)
-        _terminate(conn)
-        raise
-    finally:
-        timer.cancel()
+    while not statement.done():
+        if deadline is not None and loop.time() >= deadline:
+            _terminate(conn)  # no answer: the statement now fails at once, the server rolls back
+            deadline = None
+        try:
+            with anyio.CancelScope(shield=True):  # stops anyio's cancellation; asyncio's gets through
+                await asyncio.wait((statement,), timeout=None if deadline is None else deadline - loop.time())
+        except asyncio.CancelledError as exc:
+            if not keep:
+                _terminate(conn)
+                raise
+            cancelled = cancelled or exc
     if not statement.cancelled() and (failed := statement.exception()) is not None:
         _undo_failed(conn, display_name, failed)
     if cancelled is not None:
@@ -116,11 +118,6 @@ def _undo_failed(conn: Any, display_name: str, exc: BaseException) -> None:
         return
     log.warning("%s: rollback failed (%s); closing the connection", display_name, type(exc).__name__)
     _terminate(conn)
-
-
-def _end_if_pending(statement: asyncio.Future[Any], conn: Any) -> None:
-    if not statement.done():
-        _terminate(conn)
 
 
 def _retrieved(statement: asyncio.Future[Any]) -> None:
