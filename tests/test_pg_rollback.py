@@ -11,7 +11,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
 
 import anyio
 import pytest
@@ -144,78 +145,62 @@ async def test_in_a_group_retried_caller_by_caller_only_callers_needing_the_held
         assert [e.stream async for e in log.read_all()] == ["free:a", "free:b"]
 
 
-async def test_a_savepoint_rollback_passes_on_the_cancellation_even_if_the_rollback_fails(
-    postgres_store_url: str, caplog: pytest.LogCaptureFixture
-) -> None:
+@pytest.fixture
+async def conn(postgres_store_url: str) -> AsyncIterator[Any]:
+    """A raw connection inside a transaction, for undo() itself."""
     assert POSTGRES_URL
-    conn = await asyncpg.connect(POSTGRES_URL)
+    connection = await asyncpg.connect(POSTGRES_URL)
     try:
-        await conn.execute("BEGIN")
-        undoing = asyncio.ensure_future(undo(conn, "test", "SELECT pg_sleep(0.3); ROLLBACK TO no_such", keep=True))
-        await asyncio.sleep(0.1)
-        undoing.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await asyncio.wait_for(undoing, 20)
-        assert not conn.is_closed()  # a unit of work's connection is kept
+        await connection.execute("BEGIN")
+        yield connection
     finally:
-        await conn.close()
+        await connection.close()
+
+
+async def test_a_savepoint_rollback_passes_on_the_cancellation_even_if_the_rollback_fails(conn: Any) -> None:
+    undoing = asyncio.ensure_future(undo(conn, "test", "SELECT pg_sleep(0.3); ROLLBACK TO no_such", keep=True))
+    await asyncio.sleep(0.1)
+    undoing.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(undoing, 20)
+    assert not conn.is_closed()  # a unit of work's connection is kept
 
 
 @pytest.mark.parametrize("cancel", ["asyncio", "anyio"])
 async def test_a_rollback_the_server_does_not_answer_ends_the_connection(
-    postgres_store_url: str, monkeypatch: pytest.MonkeyPatch, cancel: str
+    conn: Any, monkeypatch: pytest.MonkeyPatch, cancel: str
 ) -> None:
     """However the caller is cancelled (or not at all), a rollback never waits on a silent server for long."""
     monkeypatch.setattr(pgops, "UNDO_GRACE", 0.3)
-    assert POSTGRES_URL
-    conn = await asyncpg.connect(POSTGRES_URL)
-    try:
-        await conn.execute("BEGIN")
-        async with asyncio.timeout(20):  # (a hang guard, not a speed limit)
-            if cancel == "anyio":
-                with anyio.move_on_after(0.1):
-                    await undo(conn, "test", "SELECT pg_sleep(60)", keep=True)
-            else:
-                undoing = asyncio.ensure_future(undo(conn, "test", "SELECT pg_sleep(60)", keep=True))
-                await asyncio.sleep(0.1)
-                undoing.cancel()
-                with pytest.raises(asyncio.CancelledError):
-                    await undoing
-        assert conn.is_closed()
-    finally:
-        await conn.close()
+    async with asyncio.timeout(20):  # (a hang guard, not a speed limit)
+        if cancel == "anyio":
+            with anyio.move_on_after(0.1):
+                await undo(conn, "test", "SELECT pg_sleep(60)", keep=True)
+        else:
+            undoing = asyncio.ensure_future(undo(conn, "test", "SELECT pg_sleep(60)", keep=True))
+            await asyncio.sleep(0.1)
+            undoing.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await undoing
+    assert conn.is_closed()
 
 
-async def test_a_rollback_that_finished_leaves_its_connection_alone(
-    postgres_store_url: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_a_rollback_that_finished_leaves_its_connection_alone(conn: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(pgops, "UNDO_GRACE", 0.2)
-    assert POSTGRES_URL
-    conn = await asyncpg.connect(POSTGRES_URL)
-    try:
-        await conn.execute("BEGIN")
-        await undo(conn, "test", keep=True)
-        await asyncio.sleep(0.4)  # past the grace: the timer must be gone
-        assert not conn.is_closed()
-        assert await conn.fetchval("SELECT 1") == 1
-    finally:
-        await conn.close()
+    await undo(conn, "test", keep=True)
+    await asyncio.sleep(0.4)  # past the grace: nothing may end it now
+    assert not conn.is_closed()
+    assert await conn.fetchval("SELECT 1") == 1
 
 
 async def test_a_rollback_answered_while_the_event_loop_was_busy_keeps_its_connection(
-    postgres_store_url: str, monkeypatch: pytest.MonkeyPatch
+    conn: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The answer and the grace running out seen in one turn of the loop: the answer wins."""
     monkeypatch.setattr(pgops, "UNDO_GRACE", 0.3)
-    assert POSTGRES_URL
-    conn = await asyncpg.connect(POSTGRES_URL)
-    try:
-        await conn.execute("BEGIN")
-        undoing = asyncio.ensure_future(undo(conn, "test", keep=True))
-        await asyncio.sleep(0)
-        await asyncio.sleep(0)  # the ROLLBACK is sent
-        time.sleep(0.5)  # noqa: ASYNC251 -- the loop stalled past the grace while the answer arrives
-        await asyncio.wait_for(undoing, 20)
-        assert not conn.is_closed()
-    finally:
-        await conn.close()
+    undoing = asyncio.ensure_future(undo(conn, "test", keep=True))
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)  # the ROLLBACK is sent
+    time.sleep(0.5)  # noqa: ASYNC251 -- the loop stalled past the grace while the answer arrives
+    await asyncio.wait_for(undoing, 20)
+    assert not conn.is_closed()

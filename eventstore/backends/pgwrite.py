@@ -109,9 +109,8 @@ class Writes:
         # group with one savepoint per caller to fail only its owner (known already
         # if its inline hook failed: it is not run again).
         return await self.append_transaction(conn, lambda: self.write_each(conn, items, clock, failed))
-    async def append_streamed(
-        self, conn: Any, chunks: Iterator[PreparedAppend], clock: Clock
-    ) -> AppendResult | None:
+
+    async def append_streamed(self, conn: Any, chunks: Iterator[PreparedAppend], clock: Clock) -> AppendResult | None:
         """One large request, its chunks copied in while the store prepares the next; or None.
 
         BEGIN with the append lock, one read of the head and the stream's
