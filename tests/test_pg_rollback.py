@@ -9,6 +9,7 @@ statements failed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -17,7 +18,7 @@ from typing import Any
 import anyio
 import pytest
 
-from eventstore import DatabaseError, GuardedBatch, RecordedEvent, SignalPushed, Statement, open_store
+from eventstore import DatabaseError, EventStore, GuardedBatch, RecordedEvent, SignalPushed, Statement, open_store
 from eventstore.backends import pgops
 from eventstore.backends.pgops import undo
 from tests.conftest import POSTGRES_URL
@@ -35,6 +36,24 @@ def warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [record.getMessage() for record in caplog.records if record.levelno >= logging.WARNING]
 
 
+@contextlib.asynccontextmanager
+async def row_held(log: EventStore, select_for_update: str) -> AsyncIterator[None]:
+    """Another session holds the rows ``select_for_update`` locks, in the store's schema, until exit."""
+    assert POSTGRES_URL
+    holder = await asyncpg.connect(POSTGRES_URL, server_settings={"search_path": log.backend.schema})  # type: ignore[attr-defined]
+    try:
+        await holder.execute(f"BEGIN; {select_for_update}")
+        yield
+    finally:
+        await holder.close()
+
+
+async def appending(log: EventStore, streams: Sequence[str]) -> list[object]:
+    """One event appended to each of ``streams`` concurrently (one group): each outcome, or its error."""
+    appends = (log.append(stream, [pushed(1)]) for stream in streams)
+    return await asyncio.wait_for(asyncio.gather(*appends, return_exceptions=True), 60)
+
+
 async def test_a_hook_timing_out_for_one_caller_fails_only_that_caller(postgres_store_url: str) -> None:
     def hook(recorded: Sequence[RecordedEvent]) -> Sequence[GuardedBatch]:
         bump = "UPDATE seen SET n = n + 1 WHERE stream = ?"
@@ -45,19 +64,8 @@ async def test_a_hook_timing_out_for_one_caller_fails_only_that_caller(postgres_
         insert = "INSERT INTO seen VALUES ('company:taken', 0)"
         await log.apply([GuardedBatch(None, [Statement(create), Statement(insert)])])
         log.set_inline_hook(hook)
-        assert POSTGRES_URL
-        holder = await asyncpg.connect(POSTGRES_URL, server_settings={"search_path": log.backend.schema})  # type: ignore[attr-defined]
-        try:
-            await holder.execute("BEGIN; SELECT n FROM seen WHERE stream = 'company:taken' FOR UPDATE")
-            outcomes = await asyncio.wait_for(
-                asyncio.gather(
-                    *(log.append(stream, [pushed(1)]) for stream in ("company:a", "company:taken", "company:b")),
-                    return_exceptions=True,
-                ),
-                20,
-            )
-        finally:
-            await holder.close()
+        async with row_held(log, "SELECT n FROM seen WHERE stream = 'company:taken' FOR UPDATE"):
+            outcomes = await appending(log, ["company:a", "company:taken", "company:b"])
         assert isinstance(outcomes[1], DatabaseError) and "LockNotAvailable" in str(outcomes[1])
         assert [type(outcomes[0]).__name__, type(outcomes[2]).__name__] == ["AppendResult", "AppendResult"]
         assert [e.stream async for e in log.read_all()] == ["company:a", "company:b"]
@@ -128,16 +136,9 @@ async def test_in_a_group_retried_caller_by_caller_only_callers_needing_the_held
         insert = "INSERT INTO seen VALUES ('free', 0), ('taken', 0)"
         await log.apply([GuardedBatch(None, [Statement(create), Statement(insert)])])
         log.set_inline_hook(hook)
-        assert POSTGRES_URL
-        holder = await asyncpg.connect(POSTGRES_URL, server_settings={"search_path": log.backend.schema})  # type: ignore[attr-defined]
-        try:
-            await holder.execute("BEGIN; SELECT n FROM seen WHERE k = 'taken' FOR UPDATE")
-            streams = ["free:a", "taken:1", "taken:2", "free:b"]
-            outcomes = await asyncio.wait_for(
-                asyncio.gather(*(log.append(s, [pushed(1)]) for s in streams), return_exceptions=True), 60
-            )
-        finally:
-            await holder.close()
+        streams = ["free:a", "taken:1", "taken:2", "free:b"]
+        async with row_held(log, "SELECT n FROM seen WHERE k = 'taken' FOR UPDATE"):
+            outcomes = await appending(log, streams)
         failed = [s for s, o in zip(streams, outcomes, strict=True) if isinstance(o, DatabaseError)]
         assert failed == ["taken:1", "taken:2"], outcomes
         assert all("LockNotAvailable" in str(outcomes[streams.index(s)]) for s in failed)
