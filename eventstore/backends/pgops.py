@@ -44,16 +44,16 @@ COLUMNS = "position, event_id, stream, version, type, schema_version, recorded_a
 SELECT = f"SELECT {COLUMNS} FROM events"
 # One round trip per group: the head of the log, each stream's version (in the
 # order given; one index probe each), and whether any of the given ids exists.
-_STATE = """SELECT h.position, h.hash, h.recorded_at,
+_LAST_EVENT = """FROM (SELECT 1) AS one
+LEFT JOIN LATERAL (SELECT position, hash, recorded_at FROM events ORDER BY position DESC LIMIT 1) AS h ON true"""
+_STATE = f"""SELECT h.position, h.hash, h.recorded_at,
        (SELECT array_agg(coalesce((SELECT max(version) FROM events WHERE stream = u.stream), 0) ORDER BY u.i)
           FROM unnest($1::text[]) WITH ORDINALITY AS u(stream, i)),
        EXISTS (SELECT 1 FROM events WHERE event_id = ANY($2::bytea[]))
-FROM (SELECT 1) AS one
-LEFT JOIN LATERAL (SELECT position, hash, recorded_at FROM events ORDER BY position DESC LIMIT 1) AS h ON true"""
+{_LAST_EVENT}"""
 # The head and one stream's version, for a large append (no id probe: a recorded id fails its COPY).
-_HEAD = """SELECT h.position, h.hash, h.recorded_at, (SELECT max(version) FROM events WHERE stream = $1)
-FROM (SELECT 1) AS one
-LEFT JOIN LATERAL (SELECT position, hash, recorded_at FROM events ORDER BY position DESC LIMIT 1) AS h ON true"""
+_HEAD = f"""SELECT h.position, h.hash, h.recorded_at, (SELECT max(version) FROM events WHERE stream = $1)
+{_LAST_EVENT}"""
 INSERT = f"""WITH written AS (
     INSERT INTO events ({COLUMNS})
     SELECT * FROM unnest($1::bigint[], $2::bytea[], $3::text[], $4::bigint[], $5::text[],

@@ -131,20 +131,15 @@ class Writes:
                 return None
             notify = f"SELECT pg_notify({quote_literal(self.channel)}, '{result.positions[-1]}')"
             status = await conn.execute(f"{notify}; COMMIT")
-        except CONNECTION_LOST:
+        except BaseException as exc:
             await undo(conn, self._display_name)
-            raise  # the COMMIT may have gone through: unknown, as for any append
-        except GIVING_UP:
-            await undo(conn, self._display_name)
-            raise  # lock_timeout, statement_timeout: the general path would wait all over again
-        except asyncpg.PostgresError as exc:
-            await undo(conn, self._display_name)
+            # Lost: the COMMIT may have gone through (unknown, as for any append). Timed out:
+            # the general path would wait all over again. Anything else, it decides.
+            if not isinstance(exc, asyncpg.PostgresError) or isinstance(exc, (*CONNECTION_LOST, *GIVING_UP)):
+                raise
             if not _recorded_id(exc):
                 self._general_path_after(exc)
             return None
-        except BaseException:
-            await undo(conn, self._display_name)
-            raise
         if status != "COMMIT":  # the server rolled back instead (a statement failed and we did not see it)
             raise DatabaseError(f"a large append to {self._display_name} was rolled back, not committed")
         return result
@@ -268,7 +263,7 @@ async def _copy_chunks(
         declined = False
         while chunk is not None:
             outcomes, rows, _ = plan_group(state, [[chunk]], lambda: now, with_records=False)
-            if chunk.stream != first.stream or isinstance(outcomes[0], BaseException) or not outcomes[0][0].written:
+            if isinstance(outcomes[0], BaseException) or not outcomes[0][0].written:
                 # A version conflict, or ids seen in an earlier chunk (the state knows only
                 # those): the general path decides, e.g. "appears twice in one append".
                 declined = True
