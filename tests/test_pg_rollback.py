@@ -205,3 +205,49 @@ async def test_a_rollback_answered_while_the_event_loop_was_busy_keeps_its_conne
     time.sleep(0.5)  # noqa: ASYNC251 -- the loop stalled past the grace while the answer arrives
     await asyncio.wait_for(undoing, 20)
     assert not conn.is_closed()
+
+
+async def server_has(pid: int) -> bool:
+    """Whether the server still runs a backend with ``pid`` (waits a little for an ending one to go)."""
+    assert POSTGRES_URL
+    conn = await asyncpg.connect(POSTGRES_URL)
+    try:
+        for _ in range(50):
+            if not await conn.fetchval("SELECT count(*) FROM pg_stat_activity WHERE pid = $1", pid):
+                return False
+            await asyncio.sleep(0.05)
+        return True
+    finally:
+        await conn.close()
+
+
+LOST_TRACK = "unexpected message 'Z' in state 3"  # what the driver says when its protocol state is unknown
+
+
+async def test_a_pooled_connection_the_driver_lost_track_of_is_ended_not_reused(postgres_store_url: str) -> None:
+    async with open_store(postgres_store_url) as log:
+        pids: list[int] = []
+        with pytest.raises(DatabaseError, match="InternalClientError"):
+            async with log.transaction():
+                pids.append((await log.query("SELECT pg_backend_pid()"))[0][0])
+                raise asyncpg.InternalClientError(LOST_TRACK)
+        assert not await server_has(pids[0])
+        await log.append("s:a", [pushed(1)])  # the pool opened another connection
+        assert await log.head_position() == 1
+
+
+async def test_the_appender_connection_the_driver_lost_track_of_is_ended_not_reused(postgres_store_url: str) -> None:
+    def hook(recorded: Sequence[RecordedEvent]) -> Sequence[GuardedBatch]:
+        raise asyncpg.InternalClientError(LOST_TRACK)
+
+    async with open_store(postgres_store_url) as log:
+        await log.append("s:a", [pushed(1)])
+        appender = log.backend._append_conn  # type: ignore[attr-defined]
+        pid = appender.get_server_pid()
+        log.set_inline_hook(hook)
+        with pytest.raises(DatabaseError, match="InternalClientError"):
+            await log.append("s:b", [pushed(2)])
+        assert not await server_has(pid)
+        log.set_inline_hook(None)
+        await log.append("s:c", [pushed(3)])
+        assert [e.stream async for e in log.read_all()] == ["s:a", "s:c"]

@@ -250,7 +250,11 @@ class PostgresBackend(Backend):
             raise StoreClosed(f"the store on {self.display_name} is closed")
         with self._translated():
             async with pool.acquire() as conn:
-                yield conn
+                try:
+                    yield conn
+                except BaseException as exc:
+                    _end_if_desynchronised(conn, exc)
+                    raise
 
     @contextlib.asynccontextmanager
     async def _appender(self) -> AsyncIterator[Any]:
@@ -278,7 +282,8 @@ class PostgresBackend(Backend):
         try:
             with self._translated():
                 yield conn
-        except BaseException:
+        except BaseException as exc:
+            _end_if_desynchronised(conn, exc)
             await self._drop_appender()
             raise
 
@@ -614,6 +619,17 @@ def _ended(conn: Any) -> bool:
         return bool(conn.is_closed())
     except asyncpg.InterfaceError:  # already released by the pool
         return True
+
+
+def _end_if_desynchronised(conn: Any, exc: BaseException) -> None:
+    """End a connection the driver lost track of (InternalClientError: its protocol state is unknown).
+
+    Released as it is, the pool would reset it and hand it out again; ended,
+    the pool opens a fresh one in its place. ``exc`` may be translated already.
+    """
+    if isinstance(exc, asyncpg.InternalClientError) or isinstance(exc.__cause__, asyncpg.InternalClientError):
+        with contextlib.suppress(asyncpg.InterfaceError):  # already released by the pool
+            conn.terminate()
 
 
 def _result(outcome: _Outcome) -> list[AppendResult]:
