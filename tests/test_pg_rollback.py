@@ -146,6 +146,71 @@ async def test_in_a_group_retried_caller_by_caller_only_callers_needing_the_held
         assert [e.stream async for e in log.read_all()] == ["free:a", "free:b"]
 
 
+async def test_callers_retried_one_by_one_let_other_processes_append_in_between(postgres_store_url: str) -> None:
+    """Each retried caller commits on its own, so the append lock is not held through every caller's timeout."""
+
+    def hook(recorded: Sequence[RecordedEvent]) -> Sequence[GuardedBatch]:
+        bump = "UPDATE seen SET n = n + 1 WHERE k = ?"
+        return [GuardedBatch(None, [Statement(bump, [event.stream.split(":")[0]])]) for event in recorded]
+
+    settings = {"lock_timeout": "400ms"}
+    async with open_store(postgres_store_url, server_settings=settings) as log, open_store(postgres_store_url) as other:
+        create = "CREATE TABLE seen (k text PRIMARY KEY, n integer NOT NULL)"
+        insert = "INSERT INTO seen VALUES ('free', 0), ('taken', 0)"
+        await log.apply([GuardedBatch(None, [Statement(create), Statement(insert)])])
+        log.set_inline_hook(hook)
+
+        async def other_process_appends() -> None:
+            # The group's first attempt has failed by now (one 400 ms timeout): its callers
+            # are being retried, "taken:2" and "taken:3" waiting 400 ms each, "free:a" last.
+            await asyncio.sleep(0.6)
+            await other.append("other:x", [pushed(9)])
+
+        async with row_held(log, "SELECT n FROM seen WHERE k = 'taken' FOR UPDATE"):
+            outcomes, _ = await asyncio.gather(
+                appending(log, ["taken:1", "taken:2", "taken:3", "free:a"]), other_process_appends()
+            )
+        assert [type(o).__name__ for o in outcomes] == ["DatabaseError"] * 3 + ["AppendResult"]
+        assert [e.stream async for e in log.read_all()] == ["other:x", "free:a"]
+
+
+async def test_a_connection_lost_while_callers_are_retried_keeps_the_results_of_those_committed(
+    postgres_store_url: str,
+) -> None:
+    def hook(recorded: Sequence[RecordedEvent]) -> Sequence[GuardedBatch]:
+        bump = "UPDATE seen SET n = n + 1 WHERE k = ?"
+        return [GuardedBatch(None, [Statement(bump, [event.stream.split(":")[0]])]) for event in recorded]
+
+    settings = {"lock_timeout": "1s"}
+    async with open_store(postgres_store_url, server_settings=settings) as log, open_store(postgres_store_url) as other:
+        create = "CREATE TABLE seen (k text PRIMARY KEY, n integer NOT NULL)"
+        insert = "INSERT INTO seen VALUES ('free', 0), ('taken', 0)"
+        await log.apply([GuardedBatch(None, [Statement(create), Statement(insert)])])
+        log.set_inline_hook(hook)
+        waiting = (
+            "SELECT pid, query_start FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE 'UPDATE seen%'"
+        )
+
+        async def end_the_second_wait() -> None:
+            # The group's attempt waits for the row (taken:1) and times out; then the callers
+            # go one by one: free:a commits, taken:2 waits for the row: its connection is ended.
+            seen: dict[object, int] = {}  # query_start -> pid: one entry per statement that waited
+            while len(seen) < 2:
+                seen.update((start, pid) for pid, start in await other.query(waiting))
+                await asyncio.sleep(0.01)
+            pid = seen[max(seen)]  # type: ignore[type-var]
+            await other.query("SELECT pg_terminate_backend(?)", [pid])
+
+        async with row_held(log, "SELECT n FROM seen WHERE k = 'taken' FOR UPDATE"):
+            streams = ["free:a", "taken:1", "taken:2", "free:b"]
+            outcomes, _ = await asyncio.wait_for(asyncio.gather(appending(log, streams), end_the_second_wait()), 30)
+        assert type(outcomes[0]).__name__ == "AppendResult"
+        assert "LockNotAvailable" in str(outcomes[1])
+        assert all("ConnectionDoesNotExist" in str(o) or "AdminShutdown" in str(o) for o in outcomes[2:]), outcomes
+        assert [e.stream async for e in log.read_all()] == ["free:a"]
+        await log.append("free:c", [pushed(3)])  # the store goes on, on another connection
+
+
 @pytest.fixture
 async def conn(postgres_store_url: str) -> AsyncIterator[Any]:
     """A raw connection inside a transaction, for undo() itself."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any, TypeVar
@@ -106,9 +107,9 @@ class Writes:
                 raise
             failed = {culprit: exc} if (culprit := getattr(exc, _CALLER, None)) is not None else {}
         # The database refused something (a read model's constraint, say): redo the
-        # group with one savepoint per caller to fail only its owner (known already
-        # if its inline hook failed: it is not run again).
-        return await self.append_transaction(conn, lambda: self.write_each(conn, items, clock, failed))
+        # group one caller at a time to fail only its owner (known already if its
+        # inline hook failed: it is not run again).
+        return await self.write_each(conn, items, clock, failed)
 
     async def append_streamed(self, conn: Any, chunks: Iterator[PreparedAppend], clock: Clock) -> AppendResult | None:
         """One large request, its chunks copied in while the store prepares the next; or None.
@@ -199,24 +200,27 @@ class Writes:
         clock: Clock,
         failed: dict[int, BaseException],
     ) -> list[Outcome]:
-        """Each caller in its own savepoint; ``failed`` callers get their error without running again.
+        """Each caller in its own transaction; ``failed`` callers get their error without running again.
 
         A caller whose statement waits for a lock held elsewhere waits up to the
-        server's lock_timeout, as any statement does; each such caller in the
-        group waits its own turn (the one that failed the group is not run again).
+        server's lock_timeout, as any statement does. Committing caller by caller
+        releases the append lock in between: other processes append meanwhile,
+        instead of waiting for every such caller's timeout in turn. A lost
+        connection fails the caller it hit and those not yet run; the callers
+        committed before it keep their results.
         """
         outcomes: list[Outcome] = []
-        saved = False
         for index, requests in enumerate(items):
             if index in failed:
                 outcomes.append(self._driver_error(failed[index]))
                 continue
-            await conn.execute("RELEASE es_item; SAVEPOINT es_item" if saved else "SAVEPOINT es_item")
-            saved = True
             try:
-                outcomes += await self.write_items(conn, [requests], clock)
+                one = functools.partial(self.write_items, conn, [requests], clock)
+                outcomes += await self.append_transaction(conn, one)
+            except CONNECTION_LOST as exc:
+                outcomes += [self._driver_error(exc)] * (len(items) - index)
+                break
             except asyncpg.PostgresError as exc:
-                await conn.execute("ROLLBACK TO es_item")
                 outcomes.append(self._driver_error(exc))
         return outcomes
 
