@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import contextvars
 import datetime as dt
 import logging
 import os
@@ -97,6 +98,10 @@ class EventStore:
         self.clock = clock
         self.actor = actor or default_actor()
         self._open = False
+        #: Inside transaction(): the instant its first append is recorded at, for all of them.
+        self._unit_instant: contextvars.ContextVar[list[int] | None] = contextvars.ContextVar(
+            "eventstore_unit_instant", default=None
+        )
 
     # -- lifecycle -------------------------------------------------------
 
@@ -138,6 +143,23 @@ class EventStore:
             return time.time_ns() // 1000
         return to_micros(self.now())
 
+    def _clock(self) -> Callable[[], int]:
+        """The clock an append records by: inside ``transaction()``, one instant for the whole unit.
+
+        Everything a unit of work appends then shares one ``recorded_at``, as it
+        shares one commit, so an as-of query never shows part of it.
+        """
+        unit = self._unit_instant.get()
+        if unit is None:
+            return self._now_us
+
+        def pinned() -> int:
+            if not unit:
+                unit.append(self._now_us())
+            return unit[0]
+
+        return pinned
+
     def _check_open(self) -> None:
         if not self._open:
             raise StoreClosed(f"the store on {self.location} is not open (use 'async with open_store(...)')")
@@ -172,7 +194,7 @@ class EventStore:
             return [await self._append_streamed(requests[0], correlation_id)]
         prepared = [self._prepare(request, correlation_id) for request in requests]
         _refuse_repeated_ids(prepared)
-        return await self._backend.append(prepared, self._now_us)
+        return await self._backend.append(prepared, self._clock())
 
     async def _append_streamed(self, request: AppendRequest, correlation_id: str) -> AppendResult:
         """A large request, offered to the backend chunk by chunk (see Backend.append_streamed).
@@ -194,14 +216,14 @@ class EventStore:
                 yield PreparedAppend(stream, expected if start == 0 else ANY, part)
 
         taken = chunks()
-        result = await self._backend.append_streamed(taken, self._now_us)
+        result = await self._backend.append_streamed(taken, self._clock())
         if result is not None:
             return result
         for _ in taken:  # declined, nothing written: the whole request the usual way
             pass
         whole = [PreparedAppend(stream, expected, prepared)]
         _refuse_repeated_ids(whole)
-        return (await self._backend.append(whole, self._now_us))[0]
+        return (await self._backend.append(whole, self._clock()))[0]
 
     def _prepare(self, request: AppendRequest, correlation_id: str) -> PreparedAppend:
         stream, events, expected, ids, meta, meta_bytes = self._check_request(request, correlation_id)
@@ -257,7 +279,18 @@ class EventStore:
     def transaction(self) -> contextlib.AbstractAsyncContextManager[None]:
         """Several appends (any streams) and applies, committed together or not at all."""
         self._check_open()
-        return self._backend.transaction()
+        return self._unit_of_work()
+
+    @contextlib.asynccontextmanager
+    async def _unit_of_work(self) -> AsyncIterator[None]:
+        async with self._backend.transaction():
+            outermost = self._unit_instant.get() is None
+            token = self._unit_instant.set([]) if outermost else None
+            try:
+                yield
+            finally:
+                if token is not None:
+                    self._unit_instant.reset(token)
 
     # -- reading ---------------------------------------------------------
 

@@ -106,6 +106,41 @@ async def test_as_of_includes_events_recorded_exactly_at_that_time(store_url: st
         assert await earlier.get_processing_stats() == {"pending": 0, "pushed": 0, "rejected": 0, "total": 0}
 
 
+class TickingClock(FakeClock):
+    """A clock that moves on a millisecond each time it is read, as a real one does."""
+
+    def __call__(self) -> dt.datetime:
+        return self.advance(milliseconds=1)
+
+
+async def test_as_of_never_shows_part_of_one_call(store_url: str) -> None:
+    async with facade(store_url, TickingClock()) as store:
+        entries = [SuppressionEntry(canonical_key=key, notion_page_id=f"page-{key}") for key in ("a", "b")]
+        await store.update_suppression_cache(entries)
+        first, second = (await store.history("a"))[0], (await store.history("b"))[0]
+        assert first.recorded_at == second.recorded_at
+        view = await store.as_of(first.recorded_at)
+        assert [await view.check_suppression(key) is not None for key in ("a", "b")] == [True, True]
+
+
+async def test_as_of_never_shows_part_of_a_unit_of_work(store_url: str) -> None:
+    async with facade(store_url, TickingClock()) as store:
+        await _save("domain:before.ai", "Before")(store)
+        async with store.transaction():
+            first = await _save("domain:acme.ai", "Acme Inc")(store)
+            await _save("domain:beta.io", "Beta")(store)
+            async with store.transaction():  # a savepoint: still the same unit
+                await _save("domain:gamma.dev", "Gamma")(store)
+        await _save("domain:after.ai", "After")(store)
+        recorded = [event.recorded_at async for event in store.log.read_all()]
+        assert recorded[1] == recorded[2] == recorded[3] and recorded[0] < recorded[1] < recorded[4]
+        assert isinstance(first, int)
+        signal = await store.get_signal(first)
+        assert signal is not None
+        stats = await (await store.as_of(signal.recorded_at)).get_processing_stats()
+        assert stats["total"] == 4
+
+
 async def test_as_of_needs_an_aware_time(store_url: str) -> None:
     await build(store_url, STEPS[:1])
     async with facade(store_url, FakeClock()) as store:

@@ -47,6 +47,7 @@ class LogState:
         unchanged, exactly as if the caller's transaction had rolled back.
         """
         head = self.head
+        recorded_at = now()  # one instant per caller: what it appends in one call is recorded at once
         versions: dict[str, int] = {}
         added: dict[bytes, Row] = {}
         results: list[AppendResult] = []
@@ -64,7 +65,7 @@ class LogState:
             if not request.events:
                 results.append(AppendResult(positions=[], version=current, written=False))
                 continue
-            new_rows, new_recorded, head = build_rows(request, head, current, now(), with_records=with_records)
+            new_rows, new_recorded, head = build_rows(request, head, current, recorded_at, with_records=with_records)
             versions[request.stream] = new_rows[-1][3]
             added.update((row[1], row) for row in new_rows)
             rows += new_rows
