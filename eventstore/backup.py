@@ -20,7 +20,7 @@ from typing import IO, Any
 
 import msgspec
 
-from eventstore.codec import GENESIS_HASH, chain_hash, from_micros, to_micros
+from eventstore.codec import GENESIS_HASH, chain_hash, decode_metadata, from_micros, to_micros
 from eventstore.errors import EventStoreError, IntegrityViolation
 from eventstore.model import GuardedBatch, Row, Statement
 from eventstore.schema import LOG_MIGRATIONS
@@ -127,16 +127,16 @@ async def import_log(log: EventStore, lines: Iterable[bytes], *, progress: Progr
                 f"cannot import into {log.location}: it already holds events (head position {existing}); "
                 "import needs a new or empty store"
             )
-        chunk: list[Statement] = []
+        chunk: list[Row] = []
         async for row in reader.rows():
-            chunk.append(Statement(_INSERT, row))
+            chunk.append(row)
             if len(chunk) >= _CHUNK:
-                await log.apply([GuardedBatch(None, chunk)])
+                await reader.insert(chunk)
                 chunk = []
                 if progress is not None:
                     progress(reader.count, header.event_count)
         if chunk:
-            await log.apply([GuardedBatch(None, chunk)])
+            await reader.insert(chunk)
         reader.finish()
     if progress is not None:
         progress(reader.count, header.event_count)
@@ -232,10 +232,39 @@ class _Reader:
             self.log.registry.decode(line.type, line.schema_version, data)
         except (msgspec.DecodeError, EventStoreError) as exc:
             raise self._fail(f"data does not decode as {line.type}: {exc}") from exc
+        self._check_metadata(metadata)
         self.position, self.previous_hash, self.last_recorded = line.position, stored_hash, recorded
         self.versions[line.stream] = line.version
         self.count += 1
         return row
+
+    def _check_metadata(self, metadata: bytes) -> None:
+        """Metadata as an append would have written it: a JSON object, its envelope keys strings or null."""
+        try:
+            meta = decode_metadata(metadata)
+        except msgspec.DecodeError as exc:
+            raise self._fail(f"metadata is not a JSON object: {exc}") from exc
+        for key in ("actor", "correlation_id", "causation_id"):
+            value = meta.get(key)
+            if value is not None and not isinstance(value, str):
+                raise self._fail(f"metadata.{key} must be a string, not {type(value).__name__}")
+
+    async def insert(self, rows: list[Row]) -> None:
+        """Insert the rows just checked (they end at the current line); a repeated event id names its line."""
+        try:
+            await self.log.apply([GuardedBatch(None, [Statement(_INSERT, row) for row in rows])])
+        except EventStoreError as exc:
+            # Ids are not remembered line by line (a million of them would not fit in bounded
+            # memory): the database's unique index catches a repeat, and we find its line here.
+            first_line = self.line_no - len(rows) + 1
+            ids = [uuid.UUID(bytes=row[1]) for row in rows]
+            earlier = await self.log.find_positions(ids)  # imported by an earlier chunk
+            for offset, (event_id, row) in enumerate(zip(ids, rows, strict=True)):
+                if earlier.get(event_id, row[0]) != row[0]:
+                    message = f"event id {event_id} repeats the id of position {earlier[event_id]}"
+                    raise self._fail(message, first_line + offset) from exc
+                earlier.setdefault(event_id, row[0])
+            raise
 
     def finish(self) -> None:
         header = self._header

@@ -5,13 +5,16 @@ from __future__ import annotations
 import datetime as dt
 import io
 import json
+import uuid
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from eventstore import EventStoreError, IntegrityViolation, SuppressionEntry, open_store, signal_store
+from eventstore import EventStoreError, IntegrityViolation, SuppressionEntry, backup, open_store, signal_store
 from eventstore.backup import export_log, import_log, restore
+from eventstore.codec import GENESIS_HASH, chain_hash, to_micros
 from eventstore.schema import LOG_MIGRATIONS
 from tests.conftest import FakeClock
 
@@ -89,6 +92,35 @@ def _edit(line: bytes) -> bytes:
     return line.replace(b"Company", b"Kompany", 1)
 
 
+def _forged(lines: list[bytes], edit: Callable[[list[dict[str, Any]]], object]) -> list[bytes]:
+    """The backup's events changed by ``edit``, the hash chain recomputed, as anyone holding the file can.
+
+    The chain has no key: only the import's checks of the content itself can refuse these.
+    """
+    header, events = lines[0], [json.loads(line) for line in lines[1:]]
+    edit(events)
+    previous, forged = GENESIS_HASH, [header]
+    for event in events:
+        data, metadata = (json.dumps(event.pop(key), separators=(",", ":")).encode() for key in ("data", "metadata"))
+        when = to_micros(dt.datetime.fromisoformat(event["recorded_at"]))
+        row = (
+            event["position"], uuid.UUID(event["event_id"]).bytes, event["stream"], event["version"], event["type"],
+            event["schema_version"], when, metadata, data, b"",
+        )  # fmt: skip
+        previous = chain_hash(previous, row)
+        envelope = json.dumps({**event, "hash": previous.hex()}).encode()
+        forged.append(envelope[:-1] + b', "data": ' + data + b', "metadata": ' + metadata + b"}\n")
+    return forged
+
+
+def _set(index: int, **fields: object) -> Callable[[list[dict[str, Any]]], object]:
+    return lambda events: events[index].update(fields)
+
+
+def _same_id(events: list[dict[str, Any]]) -> None:
+    events[3]["event_id"] = events[2]["event_id"]
+
+
 Corruption = Callable[[list[bytes]], list[bytes]]
 CORRUPTIONS: dict[str, tuple[Corruption, int, str]] = {
     "truncated": (lambda ls: ls[:-2], 15, "truncated"),
@@ -98,6 +130,13 @@ CORRUPTIONS: dict[str, tuple[Corruption, int, str]] = {
     "bad header": (lambda ls: [b'{"format":"something-else"}\n', *ls[1:]], 1, "not a valid header"),
     "not json": (lambda ls: [*ls[:2], b"{oops\n", *ls[3:]], 3, "not a valid event line"),
     "empty": (lambda ls: [], 1, "empty file"),
+    "forged: metadata not an object": (lambda ls: _forged(ls, _set(2, metadata=[1, 2])), 4, "not a JSON object"),
+    "forged: actor not a string": (
+        lambda ls: _forged(ls, _set(2, metadata={"actor": 7})),
+        4,
+        "metadata.actor must be a string",
+    ),
+    "forged: a repeated event id": (lambda ls: _forged(ls, _same_id), 5, "repeats the id of position 3"),
 }
 
 
@@ -116,6 +155,20 @@ async def test_a_corrupt_backup_fails_with_its_line_and_leaves_the_store_empty(
         assert f"line {line}" in str(caught.value)
         assert await log.head_position() == 0
         assert await log.query("SELECT count(*) FROM events") == [(0,)]
+
+
+async def test_a_repeated_event_id_in_a_later_chunk_names_its_line(
+    tmp_path: Path, store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The repeat of an id imported by an earlier chunk is found in the database, not in memory."""
+    monkeypatch.setattr(backup, "_CHUNK", 3)  # positions 1-3, then 4-6: position 4 repeats position 3's id
+    source = str(tmp_path / "source.db")
+    await populate(source)
+    data = b"".join(_forged(_lines(await export_bytes(source)), _same_id))
+    async with open_store(store_url) as log:
+        with pytest.raises(IntegrityViolation, match=r"line 5: event id .* repeats the id of position 3"):
+            await restore(log, io.BytesIO(data))
+        assert await log.head_position() == 0
 
 
 async def test_import_refuses_a_store_that_already_has_events(tmp_path: Path, store_url: str) -> None:
