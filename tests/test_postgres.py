@@ -160,9 +160,13 @@ async def test_a_database_written_by_a_newer_schema_is_refused(pg_url: str, sche
 
 
 @needs_postgres
-async def test_connection_errors_name_the_database_but_not_the_password(schema: str) -> None:
+@pytest.mark.parametrize("where", ["user part", "query"])
+async def test_connection_errors_name_the_database_but_not_the_password(schema: str, where: str) -> None:
     assert POSTGRES_URL
-    url = with_password(POSTGRES_URL, "s3cret-pw").replace(":5432/", ":1/") + f"?schema={schema}"
+    if where == "query":  # libpq's password parameter
+        url = POSTGRES_URL.replace(":5432/", ":1/") + f"?password=s3cret-pw&schema={schema}"
+    else:
+        url = with_password(POSTGRES_URL, "s3cret-pw").replace(":5432/", ":1/") + f"?schema={schema}"
     with pytest.raises(DatabaseError) as caught:
         async with open_store(url, connect_timeout=5):
             pass
@@ -171,7 +175,7 @@ async def test_connection_errors_name_the_database_but_not_the_password(schema: 
         chain.append(f"{error!r} {error}")
         error = error.__cause__ or error.__context__  # type: ignore[assignment]
     assert "s3cret-pw" not in " ".join(chain)
-    assert "***@127.0.0.1:1" in str(caught.value)
+    assert ("***@127.0.0.1:1" if where == "user part" else "password=***") in str(caught.value)
 
 
 @needs_postgres

@@ -66,9 +66,11 @@ def parse_url(url: str, schema: str | None = None) -> Target:
     if parts.password is not None:
         user = quote(parts.username or "", safe="")
         netloc = f"{user}:***@{netloc.rpartition('@')[2]}"
-    shown_query = urlencode([*rest, ("schema", chosen)])
-    display = urlunsplit((parts.scheme, netloc, parts.path, shown_query, ""))
-    return Target(dsn, chosen, display, parts.password or None)
+    # libpq also takes the password as a query parameter: masked there too.
+    in_query = [value for key, value in rest if key == "password"]
+    shown = [(key, "***" if key == "password" else value) for key, value in rest]
+    display = urlunsplit((parts.scheme, netloc, parts.path, urlencode([*shown, ("schema", chosen)], safe="*"), ""))
+    return Target(dsn, chosen, display, parts.password or (in_query[-1] if in_query else None) or None)
 
 
 def quote_ident(name: str) -> str:
