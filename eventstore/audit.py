@@ -63,7 +63,9 @@ async def iter_events(
 ) -> AsyncIterator[RecordedEvent]:
     if limit is not None and limit <= 0:
         return
-    start = (await log.position_at(since - _ONE_MICROSECOND)) + 1 if since is not None else 1
+    start = 1
+    if since is not None and since > dt.datetime.min.replace(tzinfo=dt.UTC):  # (nothing is before the minimum)
+        start = (await log.position_at(since - _ONE_MICROSECOND)) + 1
     last = await log.position_at(until) if until is not None else None
     count = 0
     async for event in log.read_all(from_position=start, types=types, stream_prefix=stream_prefix):
@@ -163,11 +165,14 @@ class SignalStory:
         for entry in self.suppression:
             sync = entry.data
             assert isinstance(sync, SuppressionSynced)
-            state = "live" if sync.expires_at > s.detected_at else "expired"
+            if entry.recorded_at > detection.recorded_at:  # unknown to the store when the signal came in
+                state = "synced after detection"
+            else:
+                state = "live at detection" if sync.expires_at > s.detected_at else "expired at detection"
             out.append(
                 f"Suppression for {sync.canonical_key}: Notion page {sync.notion_page_id or '-'} "
                 f"(status {sync.status or '-'}), synced by {entry.actor or 'unknown actor'} at "
-                f"{_t(entry.recorded_at)}, expires {_t(sync.expires_at)} ({state} at detection)"
+                f"{_t(entry.recorded_at)}, expires {_t(sync.expires_at)} ({state})"
             )
         for event in self.events[1:]:
             data = event.data
@@ -275,6 +280,8 @@ class AsOfView:
     ) -> list[facade.Signal]:
         replay = await self._everything()
         out: list[facade.Signal] = []
+        if limit == 0:
+            return out
         for key in sorted(replay.signals):
             s = replay.signals[key]
             if s.status != "pending" or (signal_type is not None and s.signal_type != signal_type):
@@ -284,7 +291,7 @@ class AsOfView:
             ):
                 continue
             out.append(s)
-            if len(out) >= limit:
+            if len(out) == limit:  # a negative limit is no limit, as on the live store
                 break
         return out
 

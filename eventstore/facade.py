@@ -36,7 +36,7 @@ from eventstore.errors import (
 )
 from eventstore.events import SignalDetected, SignalPushed, SignalRejected, SuppressionSynced, company_stream
 from eventstore.model import AppendRequest, GuardedBatch, RecordedEvent, Statement
-from eventstore.store import Clock, EventStore, open_store
+from eventstore.store import MAX_POSITION, Clock, EventStore, open_store
 from projections import ProjectionRunner, ProjectionStatus, iso
 from projections.search import default_projections, search_ids
 
@@ -267,6 +267,8 @@ class SignalStore:
         return [known[event_id] for event_id in ids]
 
     async def get_signal(self, signal_id: int) -> Signal | None:
+        if not _is_signal_id(signal_id):
+            return None
         rows = await self.log.query(f"SELECT {_SIGNAL_COLUMNS} FROM {_SIGNAL_FROM} WHERE s.id = ?", (signal_id,))
         return _signal(rows[0]) if rows else None
 
@@ -289,8 +291,10 @@ class SignalStore:
         if min_confidence is not None:
             sql += " AND p.confidence >= ?"
             params.append(float(min_confidence))
-        sql += " ORDER BY p.signal_id LIMIT ?"
-        params.append(int(limit))
+        sql += " ORDER BY p.signal_id"
+        if int(limit) >= 0:  # a negative limit is no limit, as SQLite's LIMIT -1 was for the old store
+            sql += " LIMIT ?"
+            params.append(int(limit))
         return [_signal(row) for row in await self.log.query(sql, params)]
 
     async def get_signals_for_company(self, canonical_key: str) -> list[Signal]:
@@ -348,7 +352,7 @@ class SignalStore:
         raise InvalidTransition(f"signal {event.signal_id}: stream kept changing; gave up after {_TRANSITION_RETRIES}")
 
     async def _detection(self, signal_id: int) -> RecordedEvent:
-        found = await self.log.get_events([signal_id]) if isinstance(signal_id, int) and signal_id > 0 else []
+        found = await self.log.get_events([signal_id]) if _is_signal_id(signal_id) else []
         if not found or not isinstance(found[0].data, SignalDetected):
             raise NotFound(f"no signal with id {signal_id}")
         return found[0]
@@ -519,6 +523,11 @@ class SignalStore:
         rows = await self.log.query(f"SELECT {_SIGNAL_COLUMNS} FROM {_SIGNAL_FROM} WHERE s.id IN ({marks})", ids)
         found = {signal.id: signal for signal in map(_signal, rows)}
         return [found[i] for i in ids if i in found]
+
+
+def _is_signal_id(value: object) -> bool:
+    """Whether ``value`` can be a signal id (a position): a positive 64-bit integer."""
+    return isinstance(value, int) and 0 < value <= MAX_POSITION
 
 
 def _same_outcome(recorded: RecordedEvent, event: SignalPushed | SignalRejected) -> bool:

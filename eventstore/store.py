@@ -64,6 +64,8 @@ __all__ = ("Clock", "EventStore", "open_store", "system_clock")
 log = logging.getLogger("eventstore")
 Clock = Callable[[], dt.datetime]
 PAGE_SIZE = 2000
+#: Positions and versions are 64-bit signed integers in both databases.
+MAX_POSITION = 2**63 - 1
 #: A single request of at least this many events is offered to the backend in chunks of
 #: STREAMED_APPEND_CHUNK (see EventStore._append_streamed). Chunks of 64 and 128 measured
 #: alike at 1000 events, 256 slower; below 256 events the one-call path is as fast or faster.
@@ -305,7 +307,10 @@ class EventStore:
         """The stream's events in version order (or reverse), from ``from_version`` inclusive."""
         self._check_open()
         version = from_version if from_version is not None else (2**62 if backwards else 1)
+        version = min(max(version, 0), MAX_POSITION)  # beyond what a database holds: read as its bound
         remaining = limit if limit is not None else 2**62
+        if not backwards and from_version is not None and from_version > MAX_POSITION:
+            return
         while remaining > 0:
             rows = await self._backend.read_stream(stream, version, backwards, min(PAGE_SIZE, remaining))
             for event in self.registry.iter_records(rows):
@@ -335,6 +340,8 @@ class EventStore:
         type_list = list(types) if types is not None else None
         remaining = limit if limit is not None else 2**62
         position = max(position, 1)
+        if position > MAX_POSITION:  # beyond any position a database can hold: nothing there
+            return
         while remaining > 0:
             size = min(PAGE_SIZE, remaining)
             rows = await self._backend.read_all(position, size, type_list, stream_prefix)
@@ -361,7 +368,7 @@ class EventStore:
         """
         self._check_open()
         type_list = list(types) if types is not None else None
-        position = max(from_position, 1)
+        position = min(max(from_position, 1), MAX_POSITION)
         filtered = type_list is not None or bool(stream_prefix)
         while self._open:
             # A filtered read scans past events it does not return; the head taken
@@ -392,7 +399,8 @@ class EventStore:
     async def get_events(self, positions: Sequence[int]) -> list[RecordedEvent]:
         """The events at ``positions`` (missing positions are left out), in position order."""
         self._check_open()
-        return list(self.registry.iter_records(await self._backend.read_positions(positions)))
+        valid = [position for position in positions if 0 < position <= MAX_POSITION]
+        return list(self.registry.iter_records(await self._backend.read_positions(valid)))
 
     async def find_positions(self, event_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, int]:
         """Event id -> position, for the ids already in the log."""

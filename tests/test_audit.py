@@ -177,6 +177,18 @@ async def test_why_tells_the_story_of_a_pushed_signal(store_url: str) -> None:
         assert "Pushed by gate to Notion page page-3" in text
 
 
+async def test_why_says_whether_the_suppression_was_known_at_detection(store_url: str) -> None:
+    steps = [
+        _save("domain:acme.ai", "Acme Inc"),  # 1: detected before the company reached Notion
+        _sync("domain:acme.ai", "page-acme", ttl_days=1),  # 2
+        _save("domain:acme.ai", "Acme Inc", kind="sec_filing"),  # 3: detected while suppressed
+    ]
+    await build(store_url, steps)
+    async with facade(store_url, FakeClock()) as store:
+        assert "(synced after detection)" in str(await store.why(1))
+        assert "(live at detection)" in str(await store.why(3))
+
+
 async def test_why_tells_a_rejection_and_a_pending_signal(store_url: str) -> None:
     await build(store_url, STEPS)
     async with facade(store_url, FakeClock()) as store:

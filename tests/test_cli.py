@@ -81,6 +81,47 @@ def test_a_missing_store_is_one_line_on_stderr(tmp_path: Path, capsys: pytest.Ca
     assert not os.path.exists(missing)
 
 
+@pytest.mark.postgres
+def test_a_postgres_schema_without_a_store_is_missing_too(
+    postgres_store_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A mistyped ?schema= is an error, not a new empty store that verifies OK."""
+    for argv in (["verify", postgres_store_url], ["audit", postgres_store_url, "events"]):
+        code, out, err = run(capsys, *argv)
+        assert (code, out) == (1, "")
+        assert err.count("\n") == 1 and "no store at" in err and "holds no event log" in err
+    assert run(capsys, "init", postgres_store_url)[0] == 0
+    assert run(capsys, "verify", postgres_store_url)[0] == 0
+
+
+def test_a_password_in_the_url_query_is_never_printed(capsys: pytest.CaptureFixture[str]) -> None:
+    for url in ("postgresql://postgres@127.0.0.1:1/test?password=s3cret", "postgresql://127.0.0.1:1/t?password=s3cret"):
+        code, out, err = run(capsys, "status", url)
+        assert code == 1 and "s3cret" not in out + err and "password=***" in err
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected_code", "expected"),
+    [
+        (["audit", "{db}", "events", "--since", "0001-01-01T00:00:00", "--json"], 0, "every event"),
+        (["read", "{db}", "--from", "99999999999999999999", "--json"], 0, ""),
+        (["audit", "{db}", "signal", "99999999999999999999"], 1, "no signal with id 99999999999999999999"),
+        (["status", "{db}", "--max-sync-age", "99999999999w"], 2, "is too long"),
+    ],
+)
+def test_out_of_range_numbers_and_times_get_an_answer_or_one_line_not_a_traceback(
+    db: str, capsys: pytest.CaptureFixture[str], argv: list[str], expected_code: int, expected: str
+) -> None:
+    code, out, err = run(capsys, *(arg.replace("{db}", db) for arg in argv))
+    assert code == expected_code, err
+    if expected == "every event":
+        assert len(json_lines(out)) == 15
+    elif expected:
+        assert expected in err and "Traceback" not in err
+    else:
+        assert (out, err) == ("", "")
+
+
 def test_init_then_status(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = str(tmp_path / "new.db")
     assert run_json(capsys, "init", path)["projections"] == ["processing", "search", "signals", "suppression"]

@@ -132,7 +132,7 @@ async def test_signals_differing_in_any_dedup_field_are_distinct(store: SignalSt
 
 async def test_get_signal_of_an_unknown_id_is_none(store: SignalStore) -> None:
     await store.update_suppression_cache([entry(ACME)])
-    for unknown in (0, -1, 1, 999):  # position 1 exists but is not a signal
+    for unknown in (0, -1, 1, 999, 2**63, -(2**70)):  # position 1 exists but is not a signal
         assert await store.get_signal(unknown) is None
 
 
@@ -156,6 +156,10 @@ async def test_get_pending_signals_oldest_first_with_limit_and_filters(store: Si
     assert await pending() == [ids[0], ids[1], ids[3], ids[4]]
     assert await pending(limit=2) == [ids[0], ids[1]]
     assert await pending(limit=0) == []
+    assert await pending(limit=-1) == [ids[0], ids[1], ids[3], ids[4]]  # no limit, as SQLite's LIMIT -1
+    past = await store.as_of(dt.datetime(2030, 1, 1, tzinfo=dt.UTC))  # replays the log: the same answers
+    for limit in (0, 2, -1):
+        assert [s.id for s in await past.get_pending_signals(limit=limit)] == await pending(limit=limit)
     assert await pending(signal_type="incorporation") == [ids[1], ids[4]]
     assert await pending(source_api="sec") == [ids[1], ids[3]]
     assert await pending(signal_type="incorporation", source_api="sec") == [ids[1]]
@@ -247,7 +251,7 @@ async def test_a_conflicting_transition_raises_and_appends_nothing(
 async def test_marking_an_unknown_signal_raises_not_found_and_appends_nothing(store: SignalStore) -> None:
     await store.update_suppression_cache([entry(ACME)])  # position 1: an event, but not a signal
     before = await head(store)
-    for unknown in (1, 2, 999, 0, -5):
+    for unknown in (1, 2, 999, 0, -5, 2**63):
         with pytest.raises(NotFound):
             await store.mark_pushed(unknown, "page")
         with pytest.raises(NotFound):

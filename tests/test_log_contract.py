@@ -487,6 +487,16 @@ async def test_stream_prefix_is_a_literal_prefix(log: EventStore) -> None:
     assert len(await everything(log, stream_prefix="a")) == 4
 
 
+async def test_reads_from_beyond_what_a_database_can_hold_find_nothing_rather_than_fail(log: EventStore) -> None:
+    await log.append(A, pushes(2))
+    huge = 2**70  # positions and versions are 64-bit in both databases
+    assert [e async for e in log.read_all(from_position=huge)] == []
+    assert [e async for e in log.read_stream(A, from_version=huge)] == []
+    assert [e.version async for e in log.read_stream(A, from_version=huge, backwards=True)] == [2, 1]
+    assert [e.version async for e in log.read_stream(A, from_version=-huge)] == [1, 2]
+    assert [e.position for e in await log.get_events([huge, 2, -huge])] == [2]
+
+
 async def test_reads_page_through_large_logs_in_order(log: EventStore) -> None:
     for start in range(0, 4500, 900):
         await log.append_batch(

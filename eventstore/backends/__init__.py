@@ -19,4 +19,5 @@ def backend_for(url: str, **options: Any) -> Backend:
     from eventstore.backends.sqlite import SqliteBackend
 
     options.pop("schema", None)
+    options.pop("create", None)  # a SQLite file is checked for by path (see the CLI)
     return SqliteBackend(url.removeprefix("sqlite://"), **options)

@@ -70,6 +70,7 @@ from eventstore.errors import (
     DatabaseError,
     DuplicateEventError,
     EventStoreError,
+    NotFound,
     StoreClosed,
 )
 from eventstore.migrations import MigrationSet
@@ -122,8 +123,10 @@ class PostgresBackend(Backend):
         max_connections: int = 10,
         connect_timeout: float = 10.0,
         server_settings: Mapping[str, str] | None = None,
+        create: bool = True,
     ) -> None:
         self._target = parse_url(url, schema)
+        self._create = create
         self.schema = self._target.schema
         self.display_name = self._target.display_name
         self._pool_size = (min_connections, max_connections)
@@ -171,11 +174,22 @@ class PostgresBackend(Backend):
                     init=init_connection,
                     reset=no_reset,
                 )
+            if not self._create:
+                await self._refuse_missing()
             await self._write(self._create_schema, lock=self._migrate_lock)
             await self.migrate(log_migrations)
         except BaseException:
             await self.aclose()
             raise
+
+    async def _refuse_missing(self) -> None:
+        """With ``create=False``: a schema without an event log is a mistake (a typo), not a new store."""
+        rows = await self._fetch("SELECT to_regclass(format('%I.events', $1::text)) IS NOT NULL", self.schema)
+        if not rows[0][0]:
+            raise NotFound(
+                f"no store at {self.display_name}: schema {self.schema} holds no event log "
+                "(create one with 'eventstore init')"
+            )
 
     async def _create_schema(self, conn: Any) -> None:
         # Checked first: CREATE SCHEMA IF NOT EXISTS needs CREATE on the database

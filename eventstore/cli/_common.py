@@ -83,17 +83,21 @@ def require_existing(url: str) -> None:
         raise CliError(f"no store at {url} (create one with 'eventstore init {url}')")
 
 
+def _existing(url: str, create: bool) -> dict[str, Any]:
+    """Options that make opening a store that is not there fail, unless ``create``."""
+    if create:
+        return {}
+    require_existing(url)
+    return {"create": False} if url.startswith(("postgresql://", "postgres://")) else {}
+
+
 def open_log(url: str, *, create: bool = False) -> EventStore:
-    if not create:
-        require_existing(url)
-    return open_store(url)
+    return open_store(url, **_existing(url, create))
 
 
 def open_facade(url: str, *, create: bool = False) -> SignalStore:
     """The facade without background tasks: a command runs, then exits."""
-    if not create:
-        require_existing(url)
-    return signal_store(url, background=False, cleanup_interval=None)
+    return signal_store(url, background=False, cleanup_interval=None, **_existing(url, create))
 
 
 def parse_time(text: str) -> dt.datetime:
@@ -110,7 +114,10 @@ def parse_duration(text: str) -> dt.timedelta:
     match = _DURATION.match(text)
     if not match:
         raise argparse.ArgumentTypeError(f"invalid duration {text!r}: use e.g. 90s, 15m, 2h, 1d")
-    return dt.timedelta(seconds=float(match.group(1)) * _UNITS[match.group(2)])
+    try:
+        return dt.timedelta(seconds=float(match.group(1)) * _UNITS[match.group(2)])
+    except OverflowError:
+        raise argparse.ArgumentTypeError(f"duration {text!r} is too long") from None
 
 
 def _default(value: Any) -> Any:
@@ -194,7 +201,7 @@ def execute(run: Callable[[argparse.Namespace], Awaitable[int]], args: argparse.
         return anyio.run(call)
     except KeyboardInterrupt:
         return EXIT_OK if getattr(args, "follow", False) else 130
-    except (CliError, EventStoreError, OSError, ValueError) as exc:
+    except (CliError, EventStoreError, OSError, ValueError, OverflowError) as exc:
         error(str(exc) or type(exc).__name__)
         return EXIT_FAILED
 
