@@ -19,7 +19,7 @@ re-append from the recorded rows. So the rules live in one place (Python,
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from eventstore.backends.base import PreparedAppend
@@ -43,10 +43,11 @@ def _expected_code(expected: ExpectedVersion) -> int | None:
     return _EXPECTED_CODES[expected]
 
 
-def append_call_args(requests: Sequence[PreparedAppend], clock_us: Callable[[], int]) -> list[Any] | None:
-    """The per-request and per-event arrays for one call, or None if the call cannot take them.
+def append_call_args(items: Sequence[Sequence[PreparedAppend]], clock_us: Callable[[], int]) -> list[Any] | None:
+    """The per-request and per-event arrays for one call (each caller's requests), or None if it cannot take them.
 
-    ``clock_us()`` is called once per request with events, in order, as the general path does.
+    ``clock_us()`` is called once per caller, in order, as the general path does: each caller's
+    requests are recorded at one instant.
     """
     streams: list[str] = []
     previous: list[int] = []
@@ -59,7 +60,7 @@ def append_call_args(requests: Sequence[PreparedAppend], clock_us: Callable[[], 
     types: list[str] = []
     schemas: list[int] = []
     data: list[bytes] = []
-    for request in requests:
+    for request, instant in _with_instants(items, clock_us):
         events = request.events
         meta = events[0].metadata if events else b"{}"
         for event in events:
@@ -77,9 +78,18 @@ def append_call_args(requests: Sequence[PreparedAppend], clock_us: Callable[[], 
         last_request[request.stream] = len(streams)
         expected.append(code)
         counts.append(len(events))
-        recorded.append(clock_us() if events else 0)
+        recorded.append(instant if events else 0)
         metadata.append(meta)
     return [streams, previous, expected, counts, recorded, metadata, event_ids, types, schemas, data]
+
+
+def _with_instants(
+    items: Sequence[Sequence[PreparedAppend]], clock_us: Callable[[], int]
+) -> Iterator[tuple[PreparedAppend, int]]:
+    for requests in items:
+        instant = clock_us()
+        for request in requests:
+            yield request, instant
 
 
 def results_of(requests: Sequence[PreparedAppend], first_position: int, versions: Sequence[int]) -> list[AppendResult]:

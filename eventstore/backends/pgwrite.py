@@ -155,7 +155,7 @@ class Writes:
         raises, as a failed COMMIT would: the outcome is unknown to us.
         """
         flat = [request for requests in items for request in requests]
-        args = append_call_args(flat, clock)
+        args = append_call_args(items, clock)
         if args is None:
             return None
         try:
