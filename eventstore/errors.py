@@ -15,6 +15,8 @@
      +-- StoreClosed             the store was used after ``aclose()``
      +-- WorkerLockLost          a held worker lock was lost (its connection ended);
      |                           the block holding it was stopped
+     +-- ProjectionError         a projection being rebuilt failed on an event (its
+     |                           handler or its statements); the live ones went on
      +-- DatabaseError           the database failed in a way not listed above
                                  (driver errors are translated to this at one boundary
                                  per backend, with the original chained as ``__cause__``)
@@ -32,6 +34,7 @@ __all__ = (
     "InvalidEvent",
     "InvalidTransition",
     "NotFound",
+    "ProjectionError",
     "SchemaVersionError",
     "StoreClosed",
     "WorkerLockLost",
@@ -94,6 +97,10 @@ class StoreClosed(EventStoreError):
 
 class WorkerLockLost(EventStoreError):
     """A worker lock held by ``worker_lock`` was lost; the block was cancelled so another worker may take over."""
+
+
+class ProjectionError(EventStoreError):
+    """A projection being rebuilt failed on an event; the live projections were kept up to date."""
 
 
 class DatabaseError(EventStoreError):

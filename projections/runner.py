@@ -13,13 +13,14 @@ fails, nothing is applied, and the runner re-reads and continues.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable, Iterable, Sequence
 from typing import NamedTuple
 
 import anyio
 
-from eventstore import EventStore, GuardedBatch, RecordedEvent, Statement
+from eventstore import EventStore, GuardedBatch, ProjectionError, RecordedEvent, Statement
 from eventstore.migrations import MigrationSet
 from projections.base import Projection, Tables
 
@@ -92,6 +93,9 @@ class ProjectionRunner:
         self._tables: dict[str, Tables] = {}
         #: Set when an inline guard failed: someone else moved a checkpoint, so catch up before answering.
         self.behind = True
+        #: The last position an inline application skipped: a catch-up clears ``behind`` only once it
+        #: got that far (one that read the head before that append committed has not applied it).
+        self._missed_upto = 0
 
     # -- setup -----------------------------------------------------------
 
@@ -122,7 +126,15 @@ class ProjectionRunner:
     async def _ensure_generation(self, projection: Projection) -> None:
         await self.refresh()
         live, building = self.live.get(projection.name), self.building.get(projection.name)
-        if live is None:
+        newest = max((g.version for g in (live, building) if g is not None), default=0)
+        if newest > projection.version:
+            # Newer code has been deployed (a rolling upgrade): its generations are not ours to
+            # build, switch, drop or write into, and going back to our version would undo it.
+            log.warning(
+                "projection %s: v%d is in the store, this code has v%d; leaving it to the newer code",
+                projection.name, newest, projection.version,
+            )  # fmt: skip
+        elif live is None:
             log.info("creating projection %s v%d", projection.name, projection.version)
             await self._create_generation(projection, "live")
         elif live.version != projection.version and (building is None or building.version != projection.version):
@@ -184,13 +196,30 @@ class ProjectionRunner:
         first, last = events[0].position, events[-1].position
         batches = []
         for name, generation in self.live.items():
+            if not self._maintains(generation):
+                continue
             statements = self._statements(self.projections[name], self._tables[name], events)
             guard = Statement(_ADVANCE, (last, name, generation.generation, first - 1))
-            batches.append(GuardedBatch(guard, statements, self._mark_behind))
+            batches.append(GuardedBatch(guard, statements, functools.partial(self._mark_behind, last)))
         return batches
 
-    def _mark_behind(self) -> None:
+    def _mark_behind(self, position: int) -> None:
         self.behind = True
+        self._missed_upto = max(self._missed_upto, position)
+
+    def _maintains(self, generation: Generation) -> bool:
+        """Whether this code applies events to a live generation.
+
+        Not to one of a newer version than it knows: that one is the newer
+        code's, which a replica still running older code must not write into
+        with its older logic (a live generation of an *older* version is
+        kept going until this code's rebuild replaces it).
+        """
+        return generation.version <= self.projections[generation.name].version
+
+    def _builds(self) -> list[Generation]:
+        """The generations being rebuilt that this code builds: those of its own version only."""
+        return [g for g in self.building.values() if g.version == self.projections[g.name].version]
 
     async def ensure_current(self) -> None:
         """Read your writes: if an inline application was skipped, catch up now."""
@@ -199,24 +228,40 @@ class ProjectionRunner:
 
     async def catch_up(self, *, include_building: bool = True, progress: Progress | None = None) -> int:
         """Apply every event up to the head; switch rebuilt generations in. Returns events read."""
-        read = 0
+        read = reached = 0
+        failed: dict[str, Exception] = {}  # rebuilds that failed in this call: the live ones go on
         while True:
             await self.refresh()
-            generations = [*self.live.values(), *(self.building.values() if include_building else ())]
+            live = [g for g in self.live.values() if self._maintains(g)]
+            building = [g for g in self._builds() if g.name not in failed] if include_building else []
             head = await self.log.head_position()
-            if progress is not None and self.building:
-                progress(min(g.checkpoint for g in self.building.values()), head)
-            low = min((g.checkpoint for g in generations), default=head)
+            if progress is not None and building:
+                progress(min(g.checkpoint for g in building), head)
+            low = min((g.checkpoint for g in (*live, *building)), default=head)
+            reached = low
             if low >= head:
                 break
             events = [e async for e in self.log.read_all(from_position=low + 1, limit=self.batch_size)]
             if not events:
                 break
             read += len(events)
-            await self.log.apply([self._batch(g, events) for g in generations if g.checkpoint < events[-1].position])
-        self.behind = False
+            last = events[-1].position
+            batches = [self._batch(g, events) for g in live if g.checkpoint < last]
+            if batches:
+                await self.log.apply(batches)
+            for generation in building:
+                if generation.checkpoint < last:
+                    try:
+                        await self.log.apply([self._batch(generation, events)])
+                    except Exception as exc:  # its own transaction: a failing rebuild never holds up the live tables
+                        failed[generation.name] = exc
+        if reached >= self._missed_upto:
+            self.behind = False
         if include_building:
             await self._switch_caught_up()
+        if failed:
+            name, error = next(iter(failed.items()))
+            raise ProjectionError(f"rebuilding projection {name} failed: {error}") from error
         return read
 
     def _batch(self, generation: Generation, events: Sequence[RecordedEvent]) -> GuardedBatch:
@@ -227,7 +272,8 @@ class ProjectionRunner:
         return GuardedBatch(guard, self._statements(projection, tables, todo))
 
     async def _switch_caught_up(self) -> None:
-        for name, building in list(self.building.items()):
+        for building in self._builds():
+            name = building.name
             projection = self.projections[name]
             tables = physical_tables(projection, building.generation)
             old = self.live.get(name)

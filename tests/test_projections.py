@@ -19,6 +19,7 @@ from eventstore import (
     DatabaseError,
     EventStore,
     InvalidTransition,
+    ProjectionError,
     RecordedEvent,
     SignalPushed,
     SignalRejected,
@@ -231,7 +232,7 @@ async def test_a_version_bump_rebuilds_while_the_old_tables_answer_then_switches
         runner = ProjectionRunner(log, v2_projections(), batch_size=5)
         SignalsV2.fail_at = 20
         try:
-            with pytest.raises(RuntimeError, match="position 20"):
+            with pytest.raises(ProjectionError, match=r"rebuilding projection signals failed: .* position 20"):
                 await runner.start()  # only live generations are caught up at start: this does not fail
                 await runner.catch_up()
         finally:
@@ -270,8 +271,9 @@ async def test_a_store_restarted_after_a_half_built_version_resumes_it(store_url
         SignalsV2.fail_at = 10
         try:
             await runner.start()
-            with pytest.raises(RuntimeError):
+            with pytest.raises(ProjectionError) as failed:
                 await runner.catch_up()
+            assert isinstance(failed.value.__cause__, RuntimeError)
         finally:
             SignalsV2.fail_at = None
         runner.stop_inline()
@@ -286,6 +288,122 @@ async def test_a_store_restarted_after_a_half_built_version_resumes_it(store_url
         assert await table_rows(log) == old
         assert {s.state for s in await runner.status()} == {"live"}
         runner.stop_inline()
+
+
+class ShoutingSignals(SignalsProjection):
+    """A version 2 whose logic differs (company names upper-cased): wrong rows would show."""
+
+    version = 2
+
+    def handle(self, event: RecordedEvent, tables: Tables) -> Sequence[Statement]:
+        return [
+            Statement(s.sql, tuple(p.upper() if i == 4 else p for i, p in enumerate(s.params)))
+            for s in super().handle(event, tables)
+        ]
+
+
+def v1_projections() -> list[Projection]:
+    return [SignalsProjection(), ProcessingProjection(), SuppressionProjection()]
+
+
+async def company_names(log: EventStore) -> list[str]:
+    return [row[0] for row in await log.query("SELECT company_name FROM signals ORDER BY id")]
+
+
+async def test_a_replica_on_older_code_never_builds_a_newer_version_nor_writes_into_it(store_url: str) -> None:
+    """A rolling upgrade: v2 code is deployed while v1 replicas still run."""
+    async with signal_store(store_url, background=False) as store:
+        await populate(store, 5)
+    async with open_store(store_url) as log:
+        new = ProjectionRunner(log, [ShoutingSignals(), ProcessingProjection(), SuppressionProjection()])
+        await new.start(inline=False)  # creates the v2 generation, to be built
+        old = ProjectionRunner(log, v1_projections())
+        await old.start(inline=True)
+        await old.catch_up()  # not its version: it neither builds nor switches it
+        assert [(s.version, s.state, s.checkpoint) for s in await old.status() if s.state == "rebuilding"] == [
+            (2, "rebuilding", 0)
+        ]
+        await new.catch_up()  # builds and switches v2 with v2's logic
+        await log.append(company_stream("domain:late"), [detected("domain:late")])  # old's inline hook
+        await old.catch_up()
+        assert [s.version for s in await old.status() if s.name == "signals"] == [2]  # not rolled back
+        assert await new.catch_up() == 1  # the new code applies the late event itself
+        assert await company_names(log) == ["ACME INC"] * 6
+        old.stop_inline()
+
+
+async def test_a_replica_on_older_code_started_after_the_upgrade_leaves_the_newer_version_alone(
+    store_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with signal_store(store_url, background=False) as store:
+        await populate(store, 5)
+    async with open_store(store_url) as log:
+        new = ProjectionRunner(log, [ShoutingSignals(), ProcessingProjection(), SuppressionProjection()])
+        await new.start(inline=False)
+        await new.catch_up()
+        old = ProjectionRunner(log, v1_projections())
+        await old.start(inline=False)
+        await old.catch_up()
+        assert [(s.name, s.version, s.state) for s in await old.status() if s.name == "signals"] == [
+            ("signals", 2, "live")
+        ]
+        assert "v2 is in the store, this code has v1" in caplog.text
+        assert await company_names(log) == ["ACME INC"] * 5
+
+
+async def test_a_failing_rebuild_does_not_hold_up_the_live_projections(store_url: str) -> None:
+    async with signal_store(store_url, background=False) as store:
+        await populate(store, 5)
+    async with open_store(store_url) as log:
+        runner = ProjectionRunner(log, v2_projections())  # a worker: no inline hook
+        SignalsV2.fail_at = 3
+        try:
+            await runner.start(inline=False)
+            for n in range(3):  # other processes append meanwhile
+                await log.append(company_stream(f"domain:new{n}"), [detected(f"domain:new{n}")])
+            with pytest.raises(ProjectionError, match="position 3"):
+                await runner.catch_up()
+        finally:
+            SignalsV2.fail_at = None
+        lags = {(s.name, s.state): s.lag for s in await runner.status()}
+        assert lags.pop(("signals", "rebuilding")) > 0
+        assert set(lags.values()) == {0}, lags
+
+
+@pytest.mark.postgres
+async def test_a_catch_up_running_during_an_append_does_not_cancel_its_read_your_writes(
+    postgres_store_url: str,
+) -> None:
+    """The append's inline guard failed (another process moved the checkpoint): a catch-up that read
+    the head before the append committed must leave ``behind`` set, so the caller still catches up."""
+    import asyncpg
+
+    schema = postgres_store_url.rsplit("schema=", 1)[1]
+    async with signal_store(postgres_store_url, background=False) as store:
+        await store.save_signal("github_spike", "github", "domain:a", "A", 0.5, {})
+        async with open_store(postgres_store_url) as other:  # appends without projecting
+            await other.append(company_stream("domain:b"), [detected("domain:b")])
+        conn = await asyncpg.connect(postgres_store_url.split("?")[0], server_settings={"search_path": schema})
+        try:  # commits of appends now take a second: the window between the guard and the commit
+            await conn.execute(
+                "CREATE FUNCTION slow_commit() RETURNS trigger LANGUAGE plpgsql AS "
+                "$$ BEGIN PERFORM pg_sleep(1); RETURN NULL; END $$; "
+                "CREATE CONSTRAINT TRIGGER slow_commit AFTER INSERT ON events "
+                "DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION slow_commit()"
+            )
+        finally:
+            await conn.close()
+        saved: list[int] = []
+
+        async def save() -> None:
+            saved.append(await store.save_signal("github_spike", "github", "domain:c", "C", 0.5, {}))
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(save)
+            await anyio.sleep(0.4)
+            assert store.runner.behind  # the guard failed; the commit is still to come
+            await store.runner.catch_up()  # what the background follower does meanwhile
+        assert await store.get_signal(saved[0]) is not None
 
 
 # -- several stores on one database ----------------------------------------------------------

@@ -30,6 +30,7 @@ LOG_API = {
     "InvalidEvent",
     "InvalidTransition",
     "NotFound",
+    "ProjectionError",
     "RecordedEvent",
     "SchemaVersionError",
     "SignalDetected",
