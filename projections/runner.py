@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import NamedTuple
 
 import anyio
 
-from eventstore import EventStore, GuardedBatch, ProjectionError, RecordedEvent, Statement
+from eventstore import DatabaseError, EventStore, GuardedBatch, ProjectionError, RecordedEvent, Statement
 from eventstore.migrations import MigrationSet
 from projections.base import Projection, Tables
 
@@ -56,7 +57,13 @@ _SWITCH = (
     "UPDATE projection_state SET state = 'switching' WHERE name = ? AND generation = ? AND state = 'building' "
     "AND checkpoint = (SELECT coalesce(max(position), 0) FROM events)"
 )
+#: How long a switch waits for a view's readers (PostgreSQL) while it holds the append lock.
+_SWITCH_LOCK_WAIT_MS = 500
 _GO_LIVE = "UPDATE projection_state SET state = 'live' WHERE name = ? AND generation = ? AND state = 'switching'"
+
+
+class _ViewsBusy(Exception):
+    """A switch could not lock a projection's views in time: readers held them."""
 
 
 class Generation(NamedTuple):
@@ -93,6 +100,9 @@ class ProjectionRunner:
         self._tables: dict[str, Tables] = {}
         #: Set when an inline guard failed: someone else moved a checkpoint, so catch up before answering.
         self.behind = True
+        #: Switches deferred because a reader kept a view busy: when to try again, and the last wait.
+        self._retry_switch_at: dict[str, float] = {}
+        self._switch_backoff: dict[str, float] = {}
         #: The last position an inline application skipped: a catch-up clears ``behind`` only once it
         #: got that far (one that read the head before that append committed has not applied it).
         self._missed_upto = 0
@@ -227,21 +237,26 @@ class ProjectionRunner:
             await self.catch_up(include_building=False)
 
     async def catch_up(self, *, include_building: bool = True, progress: Progress | None = None) -> int:
-        """Apply every event up to the head; switch rebuilt generations in. Returns events read."""
+        """Apply every event up to the head as it is now; switch rebuilt generations in. Returns events read.
+
+        The head is read once: appends that keep coming are the next call's work,
+        so a call ends even while other processes append faster than it applies.
+        """
         read = reached = 0
         failed: dict[str, Exception] = {}  # rebuilds that failed in this call: the live ones go on
+        head = await self.log.head_position()
         while True:
             await self.refresh()
             live = [g for g in self.live.values() if self._maintains(g)]
             building = [g for g in self._builds() if g.name not in failed] if include_building else []
-            head = await self.log.head_position()
             if progress is not None and building:
                 progress(min(g.checkpoint for g in building), head)
             low = min((g.checkpoint for g in (*live, *building)), default=head)
             reached = low
             if low >= head:
                 break
-            events = [e async for e in self.log.read_all(from_position=low + 1, limit=self.batch_size)]
+            limit = min(self.batch_size, head - low)
+            events = [e async for e in self.log.read_all(from_position=low + 1, limit=limit)]
             if not events:
                 break
             read += len(events)
@@ -258,7 +273,7 @@ class ProjectionRunner:
         if reached >= self._missed_upto:
             self.behind = False
         if include_building:
-            await self._switch_caught_up()
+            await self._switch_caught_up(failed)
         if failed:
             name, error = next(iter(failed.items()))
             raise ProjectionError(f"rebuilding projection {name} failed: {error}") from error
@@ -271,12 +286,62 @@ class ProjectionRunner:
         guard = Statement(_ADVANCE, (todo[-1].position, generation.name, generation.generation, generation.checkpoint))
         return GuardedBatch(guard, self._statements(projection, tables, todo))
 
-    async def _switch_caught_up(self) -> None:
+    async def _switch_caught_up(self, failed: dict[str, Exception]) -> None:
+        """Switch every generation this code built and caught up; a failure goes into ``failed``."""
+        head = await self.log.head_position()
         for building in self._builds():
             name = building.name
-            projection = self.projections[name]
-            tables = physical_tables(projection, building.generation)
-            old = self.live.get(name)
+            if name in failed or time.monotonic() < self._retry_switch_at.get(name, 0.0):
+                continue
+            if head - building.checkpoint > self.batch_size:
+                continue  # appends came meanwhile: another catch-up first, not a long one under the lock
+            try:
+                await self._switch(building)
+            except _ViewsBusy as busy:
+                # Try again later, waiting longer each time: appends are not held up over and over.
+                wait = self._switch_backoff[name] = min(2 * self._switch_backoff.get(name, 0.5), 30)
+                self._retry_switch_at[name] = time.monotonic() + wait
+                log.warning("projection %s: switch deferred %.0fs (%s)", name, wait, busy.__cause__)
+            except Exception as exc:  # applying the last events failed: as any failed rebuild
+                failed[name] = exc
+            else:
+                self._switch_backoff.pop(name, None)
+                self._retry_switch_at.pop(name, None)
+        await self.refresh()
+
+    async def _switch(self, building: Generation) -> None:
+        """Make a caught-up generation live, under the append lock so that no append is in flight.
+
+        Unlocked, an append could commit between our last read of the head and
+        the switch: applied inline to the old generation only, it would be
+        missing from the new one while the appender believes it projected
+        (no read-your-writes). Under the lock, the events since our last
+        catch-up are applied first, so the switch always succeeds.
+        """
+        name, projection = building.name, self.projections[building.name]
+        tables = physical_tables(projection, building.generation)
+        async with self.log.transaction():  # appends (any process) wait from here to the commit
+            if self.log.dialect == "postgresql":
+                # The views' locks first, waiting briefly: replacing a view waits for its readers,
+                # and every append would wait with it.
+                views = [view for view, _ in projection.views(tables)]
+                locks = [Statement(f"SET LOCAL lock_timeout = '{_SWITCH_LOCK_WAIT_MS}ms'")]
+                locks += [Statement(f"LOCK TABLE {view} IN ACCESS EXCLUSIVE MODE") for view in views]
+                try:
+                    await self.log.apply([GuardedBatch(None, locks)])
+                except DatabaseError as exc:  # a reader kept a view past the wait (lock_timeout)
+                    raise _ViewsBusy from exc
+            await self.refresh()
+            current, old = self.building.get(name), self.live.get(name)
+            if current is None or current.generation != building.generation:
+                return  # switched or dropped by another process meanwhile
+            head = await self.log.head_position()
+            while current.checkpoint < head:
+                events = [
+                    e async for e in self.log.read_all(from_position=current.checkpoint + 1, limit=self.batch_size)
+                ]
+                await self.log.apply([self._batch(current, events)])
+                current = current._replace(checkpoint=events[-1].position)
             statements = []
             if old is not None:
                 statements.append(
@@ -290,9 +355,8 @@ class ProjectionRunner:
                 ]
             guard = Statement(_SWITCH, (name, building.generation))
             (switched,) = await self.log.apply([GuardedBatch(guard, statements)])
-            if switched:
-                log.info("projection %s: generation %d (v%d) is live", name, building.generation, building.version)
-        await self.refresh()
+        if switched:
+            log.info("projection %s: generation %d (v%d) is live", name, building.generation, building.version)
 
     # -- operating -------------------------------------------------------
 
@@ -308,7 +372,18 @@ class ProjectionRunner:
             if name in self.building:
                 await self._drop_generation(projection, self.building[name].generation)
             await self._create_generation(projection, "building")
-        await self.catch_up(include_building=True, progress=progress)
+        while True:
+            await self.catch_up(include_building=True, progress=progress)
+            pending = [g.name for g in self._builds() if g.name in chosen]
+            if not pending:
+                return
+            waits = [self._retry_switch_at.get(name, 0.0) - time.monotonic() for name in pending]
+            if max(self._switch_backoff.get(name, 0.0) for name in pending) >= 30:
+                raise ProjectionError(
+                    f"rebuilt {', '.join(pending)} but could not switch to it: readers kept its views busy "
+                    "(the new generation stays built; 'eventstore project' or a store's follower switches it later)"
+                )
+            await anyio.sleep(max(0.0, min(waits)))
 
     async def follow(self, *, poll_interval: float = 0.5, wake_on_append: bool = False) -> None:
         """Run forever: catch up (live and rebuilding generations), then wait for more."""

@@ -7,6 +7,7 @@ Worker processes: ``python -m tests.test_projections write URL WORKER``.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -404,6 +405,100 @@ async def test_a_catch_up_running_during_an_append_does_not_cancel_its_read_your
             assert store.runner.behind  # the guard failed; the commit is still to come
             await store.runner.catch_up()  # what the background follower does meanwhile
         assert await store.get_signal(saved[0]) is not None
+
+
+class AppendingBeforeTheSwitch(ProjectionRunner):
+    """A runner that lets another process append between its last catch-up and its switch."""
+
+    writer: EventStore
+
+    async def _switch_caught_up(self, failed: dict[str, Exception]) -> None:
+        await self.writer.append(company_stream("domain:late"), [detected("domain:late")])
+        await super()._switch_caught_up(failed)
+
+
+async def test_rebuild_returns_once_switched_even_if_an_append_lands_just_before_the_switch(store_url: str) -> None:
+    async with signal_store(store_url, background=False) as store:
+        await populate(store, 5)
+    async with open_store(store_url) as log, open_store(store_url) as writer:
+        runner = AppendingBeforeTheSwitch(log, v1_projections())
+        runner.writer = writer
+        await runner.start(inline=False)
+        await runner.rebuild(["signals"])
+        assert [(s.generation, s.state, s.lag) for s in await runner.status() if s.name == "signals"] == [
+            (2, "live", 0)
+        ]
+        assert len(await company_names(log)) == 6  # the late event is in the new generation
+
+
+async def test_rebuild_under_a_stream_of_appends_switches_with_every_event(store_url: str) -> None:
+    async with signal_store(store_url, background=False) as store:
+        await populate(store, 5)
+    stop = anyio.Event()
+
+    async def keep_appending(writer: EventStore) -> None:
+        n = 0
+        while not stop.is_set():
+            n += 1
+            await writer.append(company_stream(f"domain:w{n}"), [detected(f"domain:w{n}")])
+
+    async with open_store(store_url) as log, open_store(store_url) as writer:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(keep_appending, writer)
+            try:
+                runner = ProjectionRunner(log, v1_projections(), batch_size=20)
+                await runner.start(inline=False)
+                await runner.rebuild(["signals"])
+                statuses = [(s.generation, s.state) for s in await runner.status() if s.name == "signals"]
+            finally:
+                stop.set()
+        assert statuses == [(2, "live")]
+        await runner.catch_up()
+        assert await table_rows(log) == await rebuilt_rows(log)
+
+
+@pytest.mark.postgres
+async def test_a_switch_during_an_append_keeps_the_appender_reading_its_writes(postgres_store_url: str) -> None:
+    """The switch waits for the append lock: an append in flight is in the new generation too."""
+    async with signal_store(postgres_store_url, background=False) as writer, open_store(postgres_store_url) as other:
+        await populate(writer, 3)
+        rebuilder = ProjectionRunner(other, v1_projections())  # e.g. `eventstore rebuild` in another process
+        await rebuilder.start(inline=False)
+        await rebuilder.rebuild(["signals"])  # generation 2
+        await rebuilder._create_generation(rebuilder.projections["signals"], "building")  # generation 3
+        async with anyio.create_task_group() as tg, writer.transaction():
+            new_id = await writer.save_signal("github_spike", "github", "domain:new", "New", 0.5, {})
+            tg.start_soon(functools.partial(rebuilder.catch_up, include_building=True))
+            await anyio.sleep(0.5)  # the rebuild has caught up and waits to switch
+        assert [(s.generation, s.state) for s in await rebuilder.status() if s.name == "signals"] == [(3, "live")]
+        assert await writer.get_signal(new_id) is not None
+
+
+@pytest.mark.postgres
+async def test_a_switch_never_holds_appends_up_behind_a_long_reader(postgres_store_url: str) -> None:
+    """The switch waits briefly for a view's readers, then defers (PostgreSQL replaces views under lock)."""
+    import asyncpg
+
+    schema = postgres_store_url.rsplit("schema=", 1)[1]
+    async with signal_store(postgres_store_url, background=False) as writer, open_store(postgres_store_url) as other:
+        await populate(writer, 3)
+        rebuilder = ProjectionRunner(other, v1_projections())
+        await rebuilder.start(inline=False)
+        reader = await asyncpg.connect(postgres_store_url.split("?")[0], server_settings={"search_path": schema})
+        try:
+            await reader.execute("BEGIN; SELECT count(*) FROM signals")  # a long report
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(functools.partial(rebuilder.rebuild, ["signals"]))
+                await anyio.sleep(0.3)  # the rebuild is trying to switch now
+                # The report is still open, and ends only after this: a save that waited for it
+                # would wait for ever (the bound below only turns that into a failure).
+                with anyio.move_on_after(30) as waited_for_the_reader:
+                    await writer.save_signal("github_spike", "github", "domain:new", "New", 0.5, {})
+                await reader.execute("ROLLBACK")  # the report ends; the deferred switch goes through
+            assert not waited_for_the_reader.cancelled_caught
+            assert [(s.generation, s.state) for s in await rebuilder.status() if s.name == "signals"] == [(2, "live")]
+        finally:
+            await reader.close()
 
 
 # -- several stores on one database ----------------------------------------------------------
