@@ -11,6 +11,7 @@ cannot go through a view), which is why :meth:`SearchProjection.views` is empty.
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
@@ -25,6 +26,17 @@ __all__ = ("SearchProjection", "default_projections", "raw_text", "search_ids")
 # PostgreSQL's parser keeps "acme/rocket-engine" as one path token; split on anything
 # not a letter or digit, as FTS5's unicode61 tokenizer does, on both sides of a match.
 _WORDS = "regexp_replace({}, '[^[:alnum:]]+', ' ', 'g')"
+
+
+def fold(text: str) -> str:
+    """Text as both backends index and match it: accents dropped, case folded ("Zürich" -> "zurich").
+
+    Done here, in Python, because the databases disagree: FTS5's unicode61
+    drops most diacritics, PostgreSQL's 'simple' configuration none (its
+    ``unaccent`` is an extension that may not be installed).
+    """
+    decomposed = unicodedata.normalize("NFKD", text)
+    return "".join(char for char in decomposed if not unicodedata.combining(char)).casefold()
 
 
 def raw_text(value: Any) -> str:
@@ -48,7 +60,7 @@ class SearchProjection(Projection):
     """One document per signal: company name + raw_data text."""
 
     name = "search"
-    version = 1
+    version = 2  # 2: text folded (accents, case) before indexing, the same on both backends
     tables = ("search",)
     handles: ClassVar[frozenset[str]] = frozenset({"SignalDetected"})
 
@@ -75,7 +87,7 @@ class SearchProjection(Projection):
         return (
             Statement(
                 f"INSERT INTO {tables['search']} (signal_id, company_name, body) VALUES (?, ?, ?)",
-                (event.position, data.company_name, raw_text(data.raw_data)),
+                (event.position, fold(data.company_name), fold(raw_text(data.raw_data))),
             ),
         )
 
@@ -94,6 +106,7 @@ def _fts_query(text: str) -> str:
 
 async def search_ids(log: EventStore, table: str, text: str, limit: int = 20) -> list[int]:
     """Ids of the signals matching every word of ``text``, best match first."""
+    text = fold(text)
     if not text.split() or limit <= 0:
         return []
     if log.dialect == "sqlite":

@@ -53,3 +53,29 @@ async def test_search_follows_writes_and_rebuilds(store_url: str) -> None:
         results = await store.search("quantum")
         assert [s.id for s in results] == [first, second] or [s.id for s in results] == [second, first]
         assert {s.status for s in results} == {"pushed", "pending"}
+
+
+@pytest.mark.parametrize(
+    ("company", "query"),
+    [("Café Noir", "cafe"), ("Zürich Robotics", "ZURICH"), ("Straße Labs", "strasse"), ("Ångström", "angström")],
+)
+async def test_search_ignores_accents_and_case_alike_on_both_backends(store_url: str, company: str, query: str) -> None:
+    async with signal_store(store_url, background=False, cleanup_interval=None) as store:
+        signal_id = await store.save_signal("github_spike", "github", "domain:x.io", company, 0.5, {"note": company})
+        await store.save_signal("github_spike", "github", "domain:y.io", "Other", 0.5, {})
+        assert [s.id for s in await store.search(query)] == [signal_id]
+        assert [s.id for s in await store.search(company)] == [signal_id]
+
+
+async def test_a_store_indexed_before_folding_is_rebuilt_on_open(store_url: str) -> None:
+    """Search v1 stored the text as given; opening the store with v2 rebuilds it from the log."""
+    async with signal_store(store_url, background=False, cleanup_interval=None) as store:
+        signal_id = await store.save_signal("github_spike", "github", "domain:x.io", "Café Noir", 0.5, {})
+        # As v1 left it: the text unfolded.
+        await store.log.query("UPDATE search_g1 SET company_name = 'Café Noir'")
+        await store.log.query("UPDATE projection_state SET version = 1 WHERE name = 'search'")
+    async with signal_store(store_url, background=False, cleanup_interval=None) as store:
+        await store.runner.catch_up()
+        assert [s.id for s in await store.search("cafe")] == [signal_id]
+        status = [(s.version, s.generation, s.state) for s in await store.projection_status() if s.name == "search"]
+        assert status == [(2, 2, "live")]
