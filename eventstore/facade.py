@@ -27,6 +27,7 @@ import msgspec
 from eventstore import audit
 from eventstore.codec import signal_event_id
 from eventstore.errors import (
+    DatabaseError,
     DuplicateEventError,
     EventStoreError,
     InvalidEvent,
@@ -515,8 +516,14 @@ class SignalStore:
     async def search(self, text: str, limit: int = 20) -> list[Signal]:
         """Signals whose company name or raw_data text contains every word of ``text``, best first."""
         await self.runner.ensure_current()
-        await self.runner.refresh()  # another store may have switched generations (and dropped ours)
-        ids = await search_ids(self.log, self.runner.table("search", "search"), text, limit)
+        for attempt in range(2):
+            await self.runner.refresh()  # another store may have switched generations (and dropped ours)
+            try:
+                ids = await search_ids(self.log, self.runner.table("search", "search"), text, limit)
+                break
+            except DatabaseError:  # ... even between that refresh and this query: once more
+                if attempt:
+                    raise
         if not ids:
             return []
         marks = ", ".join("?" * len(ids))

@@ -79,3 +79,26 @@ async def test_a_store_indexed_before_folding_is_rebuilt_on_open(store_url: str)
         assert [s.id for s in await store.search("cafe")] == [signal_id]
         status = [(s.version, s.generation, s.state) for s in await store.projection_status() if s.name == "search"]
         assert status == [(2, 2, "live")]
+
+
+async def test_search_survives_a_switch_between_its_refresh_and_its_query(
+    store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with (
+        signal_store(store_url, background=False, cleanup_interval=None) as store,
+        signal_store(store_url, background=False, cleanup_interval=None) as other,
+    ):
+        signal_id = await store.save_signal("github_spike", "github", "domain:x.io", "Quantum Labs", 0.5, {})
+        assert [s.id for s in await store.search("quantum")] == [signal_id]
+        await other.runner.rebuild(["search"])  # another process switches search: our table is dropped
+        refresh = store.runner.refresh
+        calls: list[int] = []
+
+        async def stale_first() -> None:  # the switch landed right after our refresh
+            calls.append(1)
+            if len(calls) > 1:
+                await refresh()
+
+        monkeypatch.setattr(store.runner, "refresh", stale_first)
+        assert [s.id for s in await store.search("quantum")] == [signal_id]
+        assert len(calls) == 2
