@@ -146,19 +146,25 @@ async def test_in_a_group_retried_caller_by_caller_only_callers_needing_the_held
         assert [e.stream async for e in log.read_all()] == ["free:a", "free:b"]
 
 
-async def test_callers_retried_one_by_one_let_other_processes_append_in_between(postgres_store_url: str) -> None:
-    """Each retried caller commits on its own, so the append lock is not held through every caller's timeout."""
+async def seen_rows_bumped_inline(log: EventStore) -> None:
+    """A read table ``seen`` with rows 'free' and 'taken'; each appended event bumps the row its stream starts with."""
 
     def hook(recorded: Sequence[RecordedEvent]) -> Sequence[GuardedBatch]:
         bump = "UPDATE seen SET n = n + 1 WHERE k = ?"
         return [GuardedBatch(None, [Statement(bump, [event.stream.split(":")[0]])]) for event in recorded]
 
+    create = "CREATE TABLE seen (k text PRIMARY KEY, n integer NOT NULL)"
+    insert = "INSERT INTO seen VALUES ('free', 0), ('taken', 0)"
+    await log.apply([GuardedBatch(None, [Statement(create), Statement(insert)])])
+    log.set_inline_hook(hook)
+
+
+async def test_callers_retried_one_by_one_let_other_processes_append_in_between(postgres_store_url: str) -> None:
+    """Each retried caller commits on its own, so the append lock is not held through every caller's timeout."""
+
     settings = {"lock_timeout": "400ms"}
     async with open_store(postgres_store_url, server_settings=settings) as log, open_store(postgres_store_url) as other:
-        create = "CREATE TABLE seen (k text PRIMARY KEY, n integer NOT NULL)"
-        insert = "INSERT INTO seen VALUES ('free', 0), ('taken', 0)"
-        await log.apply([GuardedBatch(None, [Statement(create), Statement(insert)])])
-        log.set_inline_hook(hook)
+        await seen_rows_bumped_inline(log)
 
         async def other_process_appends() -> None:
             # The group's first attempt has failed by now (one 400 ms timeout): its callers
@@ -177,16 +183,9 @@ async def test_callers_retried_one_by_one_let_other_processes_append_in_between(
 async def test_a_connection_lost_while_callers_are_retried_keeps_the_results_of_those_committed(
     postgres_store_url: str,
 ) -> None:
-    def hook(recorded: Sequence[RecordedEvent]) -> Sequence[GuardedBatch]:
-        bump = "UPDATE seen SET n = n + 1 WHERE k = ?"
-        return [GuardedBatch(None, [Statement(bump, [event.stream.split(":")[0]])]) for event in recorded]
-
     settings = {"lock_timeout": "1s"}
     async with open_store(postgres_store_url, server_settings=settings) as log, open_store(postgres_store_url) as other:
-        create = "CREATE TABLE seen (k text PRIMARY KEY, n integer NOT NULL)"
-        insert = "INSERT INTO seen VALUES ('free', 0), ('taken', 0)"
-        await log.apply([GuardedBatch(None, [Statement(create), Statement(insert)])])
-        log.set_inline_hook(hook)
+        await seen_rows_bumped_inline(log)
         waiting = (
             "SELECT pid, query_start FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE 'UPDATE seen%'"
         )
