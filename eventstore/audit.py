@@ -26,6 +26,7 @@ from eventstore.store import EventStore
 __all__ = ("AsOfView", "SignalStory", "as_of", "events", "history", "why")
 
 _ONE_MICROSECOND = dt.timedelta(microseconds=1)
+_EARLIEST = dt.datetime.min.replace(tzinfo=dt.UTC)  # nothing is recorded before it
 
 
 async def history(log: EventStore, canonical_key: str) -> list[RecordedEvent]:
@@ -64,7 +65,7 @@ async def iter_events(
     if limit is not None and limit <= 0:
         return
     start = 1
-    if since is not None and since > dt.datetime.min.replace(tzinfo=dt.UTC):  # (nothing is before the minimum)
+    if since is not None and (since.tzinfo is None or since > _EARLIEST):  # (position_at refuses a naive time)
         start = (await log.position_at(since - _ONE_MICROSECOND)) + 1
     last = await log.position_at(until) if until is not None else None
     count = 0

@@ -62,8 +62,8 @@ _SWITCH_LOCK_WAIT_MS = 500
 _GO_LIVE = "UPDATE projection_state SET state = 'live' WHERE name = ? AND generation = ? AND state = 'switching'"
 
 
-class _ViewsBusy(Exception):
-    """A switch could not lock a projection's views in time: readers held them."""
+class _SwitchBusy(Exception):
+    """A switch could not take its locks in time (readers of the views, a catch-up in progress)."""
 
 
 class Generation(NamedTuple):
@@ -82,6 +82,10 @@ class ProjectionStatus(NamedTuple):
     lag: int
     state: str  # "live" or "rebuilding"
     progress: float  # 1.0 when live
+
+
+def _generations(*generations: Generation | None) -> tuple[int | None, ...]:
+    return tuple(g.generation if g is not None else None for g in generations)
 
 
 def physical_tables(projection: Projection, generation: int) -> dict[str, str]:
@@ -187,11 +191,13 @@ class ProjectionRunner:
         return statements
 
     async def _drop_generation(self, projection: Projection, generation: int) -> None:
-        statements = [Statement(f"DROP TABLE IF EXISTS {t}") for t in physical_tables(projection, generation).values()]
-        statements.append(
-            Statement("DELETE FROM projection_state WHERE name = ? AND generation = ?", (projection.name, generation))
+        """Drop a generation being built, unless another process has switched it live meanwhile."""
+        guard = Statement(
+            "DELETE FROM projection_state WHERE name = ? AND generation = ? AND state = 'building'",
+            (projection.name, generation),
         )
-        await self.log.apply([GuardedBatch(None, statements)])
+        statements = [Statement(f"DROP TABLE IF EXISTS {t}") for t in physical_tables(projection, generation).values()]
+        await self.log.apply([GuardedBatch(guard, statements)])
 
     # -- applying events -------------------------------------------------
 
@@ -297,7 +303,7 @@ class ProjectionRunner:
                 continue  # appends came meanwhile: another catch-up first, not a long one under the lock
             try:
                 await self._switch(building)
-            except _ViewsBusy as busy:
+            except _SwitchBusy as busy:
                 # Try again later, waiting longer each time: appends are not held up over and over.
                 wait = self._switch_backoff[name] = min(2 * self._switch_backoff.get(name, 0.5), 30)
                 self._retry_switch_at[name] = time.monotonic() + wait
@@ -321,20 +327,18 @@ class ProjectionRunner:
         name, projection = building.name, self.projections[building.name]
         tables = physical_tables(projection, building.generation)
         async with self.log.transaction():  # appends (any process) wait from here to the commit
-            if self.log.dialect == "postgresql":
-                # The views' locks first, waiting briefly: replacing a view waits for its readers,
-                # and every append would wait with it.
-                views = [view for view, _ in projection.views(tables)]
-                locks = [Statement(f"SET LOCAL lock_timeout = '{_SWITCH_LOCK_WAIT_MS}ms'")]
-                locks += [Statement(f"LOCK TABLE {view} IN ACCESS EXCLUSIVE MODE") for view in views]
-                try:
-                    await self.log.apply([GuardedBatch(None, locks)])
-                except DatabaseError as exc:  # a reader kept a view past the wait (lock_timeout)
-                    raise _ViewsBusy from exc
             await self.refresh()
             current, old = self.building.get(name), self.live.get(name)
             if current is None or current.generation != building.generation:
                 return  # switched or dropped by another process meanwhile
+            if old is not None and old.version > current.version:
+                return  # newer code went live meanwhile (a rolling upgrade): never switch back
+            if self.log.dialect == "postgresql":
+                await self._lock_for_switch(projection, tables, old)
+                await self.refresh()  # as it is now that nobody else can change it
+                if _generations(self.building.get(name), self.live.get(name)) != _generations(current, old):
+                    return  # another process switched or dropped it while we waited
+                current = self.building[name]  # (a catch-up may have moved its checkpoint meanwhile)
             head = await self.log.head_position()
             while current.checkpoint < head:
                 events = [
@@ -358,6 +362,31 @@ class ProjectionRunner:
         if switched:
             log.info("projection %s: generation %d (v%d) is live", name, building.generation, building.version)
 
+    async def _lock_for_switch(self, projection: Projection, tables: Tables, old: Generation | None) -> None:
+        """PostgreSQL: take, briefly, every lock the switch will need; raise _SwitchBusy if one is held.
+
+        The projection's state rows (a catch-up applying to it commits first),
+        its views and the old generation's tables (their readers finish first).
+        Taken first and with a short wait, because every append waits for this
+        transaction, and because waiting for one of them while holding the
+        others could deadlock against a catch-up.
+        """
+        (previous,) = (await self.log.query("SELECT current_setting('lock_timeout')"))[0]
+        statements = [
+            Statement(f"SET LOCAL lock_timeout = '{_SWITCH_LOCK_WAIT_MS}ms'"),
+            Statement("SELECT generation FROM projection_state WHERE name = ? FOR UPDATE", (projection.name,)),
+        ]
+        relations = [view for view, _ in projection.views(tables)]
+        if old is not None:
+            relations += physical_tables(projection, old.generation).values()
+        statements += [Statement(f"LOCK TABLE {relation} IN ACCESS EXCLUSIVE MODE") for relation in relations]
+        # Back to what it was: the short wait is for these locks only (and the transaction may be the caller's).
+        statements.append(Statement("SELECT set_config('lock_timeout', ?, true)", (previous,)))
+        try:
+            await self.log.apply([GuardedBatch(None, statements)])
+        except DatabaseError as exc:
+            raise _SwitchBusy from exc
+
     # -- operating -------------------------------------------------------
 
     async def rebuild(self, names: Iterable[str] | None = None, *, progress: Progress | None = None) -> None:
@@ -367,6 +396,13 @@ class ProjectionRunner:
         if unknown:
             raise ValueError(f"unknown projection(s): {', '.join(unknown)}; known: {', '.join(self.projections)}")
         await self.refresh()
+        for name in chosen:
+            newest = max((g.version for g in (self.live.get(name), self.building.get(name)) if g), default=0)
+            if newest > self.projections[name].version:
+                raise ProjectionError(
+                    f"projection {name}: v{newest} is in the store, this code has v{self.projections[name].version}; "
+                    "rebuild it with the newer code (rebuilding here would undo the upgrade)"
+                )
         for name in chosen:
             projection = self.projections[name]
             if name in self.building:

@@ -141,6 +141,13 @@ async def test_as_of_never_shows_part_of_a_unit_of_work(store_url: str) -> None:
         assert stats["total"] == 4
 
 
+async def test_events_need_an_aware_since(store_url: str) -> None:
+    await build(store_url, STEPS[:1])
+    async with facade(store_url, FakeClock()) as store:
+        with pytest.raises(ValueError, match="timezone-aware"):
+            await store.events(since=dt.datetime(2026, 1, 1))
+
+
 async def test_as_of_needs_an_aware_time(store_url: str) -> None:
     await build(store_url, STEPS[:1])
     async with facade(store_url, FakeClock()) as store:

@@ -210,6 +210,27 @@ async def test_a_connection_lost_while_callers_are_retried_keeps_the_results_of_
         await log.append("free:c", [pushed(3)])  # the store goes on, on another connection
 
 
+async def test_a_hook_raising_for_one_caller_of_a_retried_group_fails_only_that_caller(
+    postgres_store_url: str,
+) -> None:
+    """Callers retried one by one commit on their own: an error in a later one is its alone."""
+
+    def hook(recorded: Sequence[RecordedEvent]) -> Sequence[GuardedBatch]:
+        stream = recorded[0].stream
+        if stream == "s:a":
+            return [GuardedBatch(None, [Statement("SELECT 1/0")])]  # a database error: the group is retried
+        if stream == "s:c":
+            raise RuntimeError("the read model's code has a bug")
+        return []
+
+    async with open_store(postgres_store_url) as log:
+        log.set_inline_hook(hook)
+        outcomes = await appending(log, ["s:a", "s:b", "s:c"])
+        log.set_inline_hook(None)
+        assert [type(o).__name__ for o in outcomes] == ["DatabaseError", "AppendResult", "RuntimeError"]
+        assert [e.stream async for e in log.read_all()] == ["s:b"]
+
+
 @pytest.fixture
 async def conn(postgres_store_url: str) -> AsyncIterator[Any]:
     """A raw connection inside a transaction, for undo() itself."""

@@ -6,6 +6,7 @@ Worker processes: ``python -m tests.test_projections write URL WORKER``.
 
 from __future__ import annotations
 
+import argparse
 import datetime as dt
 import functools
 import sys
@@ -40,6 +41,7 @@ from projections import (
     SuppressionProjection,
     Tables,
 )
+from projections.search import default_projections
 from tests.conftest import FakeClock, detected
 
 pytestmark = pytest.mark.anyio
@@ -71,9 +73,9 @@ async def table_rows(log: EventStore) -> dict[str, list[tuple[Any, ...]]]:
     }
 
 
-async def rebuilt_rows(log: EventStore) -> dict[str, list[tuple[Any, ...]]]:
-    """The read views after a clean rebuild of every projection from the log."""
-    runner = ProjectionRunner(log, [SignalsProjection(), ProcessingProjection(), SuppressionProjection()])
+async def rebuilt_rows(log: EventStore, projections: Sequence[Projection] = ()) -> dict[str, list[tuple[Any, ...]]]:
+    """The read views after a clean rebuild of every projection (the built-in three by default) from the log."""
+    runner = ProjectionRunner(log, projections or v1_projections())
     await runner.start(inline=False)
     await runner.rebuild()
     return await table_rows(log)
@@ -260,7 +262,7 @@ async def test_a_version_bump_rebuilds_while_the_old_tables_answer_then_switches
         rows = await table_rows(log)
         assert rows["signals"][:-1] == old["signals"]
         runner.stop_inline()
-        assert rows == await rebuilt_rows(log)
+        assert rows == await rebuilt_rows(log, v2_projections())
 
 
 async def test_a_store_restarted_after_a_half_built_version_resumes_it(store_url: str) -> None:
@@ -499,6 +501,74 @@ async def test_a_switch_never_holds_appends_up_behind_a_long_reader(postgres_sto
             assert [(s.generation, s.state) for s in await rebuilder.status() if s.name == "signals"] == [(2, "live")]
         finally:
             await reader.close()
+
+
+@pytest.mark.postgres
+async def test_a_reader_of_the_old_search_table_defers_its_switch_not_fails_the_rebuild(
+    postgres_store_url: str,
+) -> None:
+    """Search has no views: its queries hold the physical table the switch drops."""
+    import asyncpg
+
+    schema = postgres_store_url.rsplit("schema=", 1)[1]
+    async with signal_store(postgres_store_url, background=False) as store, open_store(postgres_store_url) as other:
+        await populate(store, 3)
+        rebuilder = ProjectionRunner(other, default_projections())
+        await rebuilder.start(inline=False)
+        reader = await asyncpg.connect(postgres_store_url.split("?")[0], server_settings={"search_path": schema})
+        try:
+            await reader.execute("BEGIN; SELECT count(*) FROM search_g1")  # a slow search
+
+            async def search_ends() -> None:
+                await anyio.sleep(1.5)
+                await reader.execute("ROLLBACK")
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(search_ends)
+                await rebuilder.rebuild(["search"])  # deferred while the search runs, then switched
+        finally:
+            await reader.close()
+        assert [(s.generation, s.state) for s in await rebuilder.status() if s.name == "search"] == [(2, "live")]
+
+
+@pytest.mark.postgres
+async def test_a_switch_inside_a_unit_of_work_leaves_its_lock_timeout_alone(postgres_store_url: str) -> None:
+    async with signal_store(postgres_store_url, background=False, server_settings={"lock_timeout": "7s"}) as store:
+        await populate(store, 3)
+        async with store.log.transaction():
+            await store.runner.rebuild(["signals"])
+            assert await store.log.query("SHOW lock_timeout") == [("7s",)]
+
+
+async def test_rebuild_on_older_code_refuses_to_undo_a_newer_version(store_url: str) -> None:
+    async with signal_store(store_url, background=False) as store:
+        await populate(store, 3)
+    async with open_store(store_url) as log:
+        new = ProjectionRunner(log, [ShoutingSignals(), ProcessingProjection(), SuppressionProjection()])
+        await new.start(inline=False)  # v2 being built
+        old = ProjectionRunner(log, v1_projections())
+        await old.start(inline=False)
+        for done in (False, True):
+            with pytest.raises(ProjectionError, match="v2 is in the store, this code has v1"):
+                await old.rebuild(["signals"])  # e.g. `eventstore rebuild` from a host on the old release
+            state = "live" if done else "rebuilding"
+            assert (2, state) in [(s.version, s.state) for s in await new.status() if s.name == "signals"]
+            await new.catch_up()  # v2 live
+
+
+async def test_project_follow_keeps_following_the_live_projections_when_a_rebuild_fails(
+    sqlite_path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from eventstore.cli import project
+
+    async with signal_store(sqlite_path, background=False) as store:
+        await populate(store, 5)
+    monkeypatch.setattr(project, "runner_for", lambda log: ProjectionRunner(log, v2_projections()))
+    monkeypatch.setattr(SignalsV2, "fail_at", 3)
+    args = argparse.Namespace(store=sqlite_path, follow=True, poll_interval=0.1, json=True)
+    with anyio.move_on_after(2) as following:  # it follows until stopped
+        await project.run(args)
+    assert following.cancelled_caught
 
 
 # -- several stores on one database ----------------------------------------------------------

@@ -40,7 +40,7 @@ CONNECTION_LOST = (asyncpg.PostgresConnectionError, asyncpg.exceptions.OperatorI
 #: The server gave up on a statement (lock_timeout, statement_timeout): not a reason to take another path.
 GIVING_UP = (asyncpg.exceptions.LockNotAvailableError, asyncpg.exceptions.QueryCanceledError)
 _COLUMNS = COLUMNS.split(", ")
-# Set on a database error from a caller's inline-hook statements: that caller's index in the group.
+# Set on an error from a caller's inline hook or its statements: that caller's index in the group.
 _CALLER = "eventstore_caller"
 
 
@@ -101,14 +101,16 @@ class Writes:
             return await self.append_transaction(conn, write)
         except CONNECTION_LOST:
             raise
-        except asyncpg.PostgresError as exc:
-            # BEGIN or the lock failed (e.g. lock_timeout): the same for every caller.
+        except Exception as exc:
+            culprit = getattr(exc, _CALLER, None)
             if len(items) == 1 or not locked:
-                raise
-            failed = {culprit: exc} if (culprit := getattr(exc, _CALLER, None)) is not None else {}
-        # The database refused something (a read model's constraint, say): redo the
-        # group one caller at a time to fail only its owner (known already if its
-        # inline hook failed: it is not run again).
+                raise  # a lone caller's error, or BEGIN or the lock failed (lock_timeout): everyone's
+            if culprit is None and not isinstance(exc, asyncpg.PostgresError):
+                raise  # neither the database nor a caller's hook: the whole group's
+            failed = {culprit: exc} if culprit is not None else {}
+        # The database refused something (a read model's constraint, say) or a caller's
+        # inline hook raised: redo the group one caller at a time to fail only its owner
+        # (known already if its inline hook failed: it is not run again).
         return await self.write_each(conn, items, clock, failed)
 
     async def append_streamed(self, conn: Any, chunks: Iterator[PreparedAppend], clock: Clock) -> AppendResult | None:
@@ -198,7 +200,7 @@ class Writes:
         conn: Any,
         items: list[Sequence[PreparedAppend]],
         clock: Clock,
-        failed: dict[int, BaseException],
+        failed: dict[int, Exception],
     ) -> list[Outcome]:
         """Each caller in its own transaction; ``failed`` callers get their error without running again.
 
@@ -212,17 +214,21 @@ class Writes:
         outcomes: list[Outcome] = []
         for index, requests in enumerate(items):
             if index in failed:
-                outcomes.append(self._driver_error(failed[index]))
+                outcomes.append(self._caller_error(failed[index]))
                 continue
             try:
                 one = functools.partial(self.write_items, conn, [requests], clock)
                 outcomes += await self.append_transaction(conn, one)
-            except CONNECTION_LOST as exc:
+            except (*CONNECTION_LOST, asyncpg.InterfaceError) as exc:
                 outcomes += [self._driver_error(exc)] * (len(items) - index)
                 break
-            except asyncpg.PostgresError as exc:
-                outcomes.append(self._driver_error(exc))
+            except Exception as exc:  # a statement of its own failed, or its inline hook raised
+                outcomes.append(self._caller_error(exc))
         return outcomes
+
+    def _caller_error(self, exc: Exception) -> Exception:
+        """What one caller of a group gets: a database error translated, its own hook's error as raised."""
+        return self._driver_error(exc) if isinstance(exc, asyncpg.PostgresError) else exc
 
     async def write_items(self, conn: Any, items: list[Sequence[PreparedAppend]], clock: Clock) -> list[Outcome]:
         """Check, number and insert every caller's requests; a failed check fails only its caller.
@@ -239,8 +245,9 @@ class Writes:
                 if events:
                     try:
                         await run_batches(conn, self.hook(events))
-                    except asyncpg.PostgresError as exc:
-                        setattr(exc, _CALLER, caller)
+                    except Exception as exc:  # its statements failed, or the hook itself raised
+                        with contextlib.suppress(AttributeError):  # (an exception type without a __dict__)
+                            setattr(exc, _CALLER, caller)
                         raise
         return outcomes
 

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 from eventstore.cli._common import add_json, add_store, command_main, console, emit_json, open_log
 from eventstore.cli._projections import runner_for, status_rows, status_table
-from eventstore.errors import WorkerLockLost
+from eventstore.errors import ProjectionError, WorkerLockLost
 from projections import ProjectionRunner
 
 NAME = "project"
@@ -55,7 +55,10 @@ async def run(args: argparse.Namespace) -> int:
                 async with log.worker_lock(WORKER_LOCK, poll_interval=args.poll_interval, on_wait=standby):
                     say(f"active: holding the {WORKER_LOCK!r} lock on {log.location} (pid {os.getpid()})")
                     runner = runner_for(log)
-                    await catch_up(runner, args)
+                    try:
+                        await catch_up(runner, args)
+                    except ProjectionError as exc:  # the live projections are caught up: follow them
+                        say(f"{exc}; following the live projections (the rebuild is retried as it goes)")
                     say(f"following {log.location}; Ctrl-C stops")
                     await runner.follow(poll_interval=args.poll_interval, wake_on_append=True)
                 return 0
