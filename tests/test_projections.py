@@ -450,7 +450,8 @@ async def test_rebuild_under_a_stream_of_appends_switches_with_every_event(store
             try:
                 runner = ProjectionRunner(log, v1_projections(), batch_size=20)
                 await runner.start(inline=False)
-                await runner.rebuild(["signals"])
+                with anyio.fail_after(120):  # a bound for a rebuild chasing the head for ever, not a timing claim
+                    await runner.rebuild(["signals"])
                 statuses = [(s.generation, s.state) for s in await runner.status() if s.name == "signals"]
             finally:
                 stop.set()
