@@ -7,10 +7,11 @@ Worker processes: ``python -m tests.test_projections write URL WORKER``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import functools
 import sys
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -293,6 +294,18 @@ async def test_a_store_restarted_after_a_half_built_version_resumes_it(store_url
         runner.stop_inline()
 
 
+@contextlib.asynccontextmanager
+async def raw_session(url: str) -> AsyncIterator[Any]:
+    """A plain asyncpg connection in the store's schema (another client: a report, a DBA)."""
+    import asyncpg
+
+    conn = await asyncpg.connect(url.split("?")[0], server_settings={"search_path": url.rsplit("schema=", 1)[1]})
+    try:
+        yield conn
+    finally:
+        await conn.close()
+
+
 class ShoutingSignals(SignalsProjection):
     """A version 2 whose logic differs (company names upper-cased): wrong rows would show."""
 
@@ -379,23 +392,17 @@ async def test_a_catch_up_running_during_an_append_does_not_cancel_its_read_your
 ) -> None:
     """The append's inline guard failed (another process moved the checkpoint): a catch-up that read
     the head before the append committed must leave ``behind`` set, so the caller still catches up."""
-    import asyncpg
-
-    schema = postgres_store_url.rsplit("schema=", 1)[1]
     async with signal_store(postgres_store_url, background=False) as store:
         await store.save_signal("github_spike", "github", "domain:a", "A", 0.5, {})
         async with open_store(postgres_store_url) as other:  # appends without projecting
             await other.append(company_stream("domain:b"), [detected("domain:b")])
-        conn = await asyncpg.connect(postgres_store_url.split("?")[0], server_settings={"search_path": schema})
-        try:  # commits of appends now take a second: the window between the guard and the commit
+        async with raw_session(postgres_store_url) as conn:  # commits of appends now take a second
             await conn.execute(
                 "CREATE FUNCTION slow_commit() RETURNS trigger LANGUAGE plpgsql AS "
                 "$$ BEGIN PERFORM pg_sleep(1); RETURN NULL; END $$; "
                 "CREATE CONSTRAINT TRIGGER slow_commit AFTER INSERT ON events "
                 "DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION slow_commit()"
             )
-        finally:
-            await conn.close()
         saved: list[int] = []
 
         async def save() -> None:
@@ -480,15 +487,11 @@ async def test_a_switch_during_an_append_keeps_the_appender_reading_its_writes(p
 @pytest.mark.postgres
 async def test_a_switch_never_holds_appends_up_behind_a_long_reader(postgres_store_url: str) -> None:
     """The switch waits briefly for a view's readers, then defers (PostgreSQL replaces views under lock)."""
-    import asyncpg
-
-    schema = postgres_store_url.rsplit("schema=", 1)[1]
     async with signal_store(postgres_store_url, background=False) as writer, open_store(postgres_store_url) as other:
         await populate(writer, 3)
         rebuilder = ProjectionRunner(other, v1_projections())
         await rebuilder.start(inline=False)
-        reader = await asyncpg.connect(postgres_store_url.split("?")[0], server_settings={"search_path": schema})
-        try:
+        async with raw_session(postgres_store_url) as reader:
             await reader.execute("BEGIN; SELECT count(*) FROM signals")  # a long report
             async with anyio.create_task_group() as tg:
                 tg.start_soon(functools.partial(rebuilder.rebuild, ["signals"]))
@@ -500,8 +503,6 @@ async def test_a_switch_never_holds_appends_up_behind_a_long_reader(postgres_sto
                 await reader.execute("ROLLBACK")  # the report ends; the deferred switch goes through
             assert not waited_for_the_reader.cancelled_caught
             assert [(s.generation, s.state) for s in await rebuilder.status() if s.name == "signals"] == [(2, "live")]
-        finally:
-            await reader.close()
 
 
 @pytest.mark.postgres
@@ -509,15 +510,11 @@ async def test_a_reader_of_the_old_search_table_defers_its_switch_not_fails_the_
     postgres_store_url: str,
 ) -> None:
     """Search has no views: its queries hold the physical table the switch drops."""
-    import asyncpg
-
-    schema = postgres_store_url.rsplit("schema=", 1)[1]
     async with signal_store(postgres_store_url, background=False) as store, open_store(postgres_store_url) as other:
         await populate(store, 3)
         rebuilder = ProjectionRunner(other, default_projections())
         await rebuilder.start(inline=False)
-        reader = await asyncpg.connect(postgres_store_url.split("?")[0], server_settings={"search_path": schema})
-        try:
+        async with raw_session(postgres_store_url) as reader:
             await reader.execute("BEGIN; SELECT count(*) FROM search_g1")  # a slow search
 
             async def search_ends() -> None:
@@ -527,8 +524,6 @@ async def test_a_reader_of_the_old_search_table_defers_its_switch_not_fails_the_
             async with anyio.create_task_group() as tg:
                 tg.start_soon(search_ends)
                 await rebuilder.rebuild(["search"])  # deferred while the search runs, then switched
-        finally:
-            await reader.close()
         assert [(s.generation, s.state) for s in await rebuilder.status() if s.name == "search"] == [(2, "live")]
 
 
