@@ -140,7 +140,7 @@ class ProjectionRunner:
     async def _ensure_generation(self, projection: Projection) -> None:
         await self.refresh()
         live, building = self.live.get(projection.name), self.building.get(projection.name)
-        newest = max((g.version for g in (live, building) if g is not None), default=0)
+        newest = self._newest_version(projection.name)
         if newest > projection.version:
             # Newer code has been deployed (a rolling upgrade): its generations are not ours to
             # build, switch, drop or write into, and going back to our version would undo it.
@@ -232,6 +232,10 @@ class ProjectionRunner:
         kept going until this code's rebuild replaces it).
         """
         return generation.version <= self.projections[generation.name].version
+
+    def _newest_version(self, name: str) -> int:
+        """The newest version of projection ``name`` in the store, live or being built (0: none)."""
+        return max((g.version for g in (self.live.get(name), self.building.get(name)) if g is not None), default=0)
 
     def _builds(self) -> list[Generation]:
         """The generations being rebuilt that this code builds: those of its own version only."""
@@ -397,7 +401,7 @@ class ProjectionRunner:
             raise ValueError(f"unknown projection(s): {', '.join(unknown)}; known: {', '.join(self.projections)}")
         await self.refresh()
         for name in chosen:
-            newest = max((g.version for g in (self.live.get(name), self.building.get(name)) if g), default=0)
+            newest = self._newest_version(name)
             if newest > self.projections[name].version:
                 raise ProjectionError(
                     f"projection {name}: v{newest} is in the store, this code has v{self.projections[name].version}; "
