@@ -9,8 +9,9 @@
      |                           or a batch mixes known and new ids
      +-- InvalidTransition       a facade state-machine transition is not allowed
      +-- NotFound                an unknown signal id, stream or company
-     +-- SchemaVersionError      the database was written by a newer schema, or an
-     |                           event's schema_version has no upcaster path
+     +-- SchemaVersionError      the database was written by a newer schema, or is not
+     |                           an event store (the replaced layer's, another app's);
+     |                           or an event's schema_version has no upcaster path
      +-- IntegrityViolation      the log does not verify (hash chain, positions, backup file)
      +-- StoreClosed             the store was used after ``aclose()``
      +-- WorkerLockLost          a held worker lock was lost (its connection ended);

@@ -56,6 +56,7 @@ from eventstore.backends.sqliteops import (
     fetch_positions,
     fetchall,
     find_ids,
+    foreign_schema,
     is_busy,
     migrate_one,
     rollback,
@@ -63,11 +64,7 @@ from eventstore.backends.sqliteops import (
     translated,
 )
 from eventstore.backends.sqlitewrite import StaleState, Writes
-from eventstore.errors import (
-    DatabaseError,
-    EventStoreError,
-    StoreClosed,
-)
+from eventstore.errors import DatabaseError, EventStoreError, SchemaVersionError, StoreClosed
 from eventstore.migrations import MigrationSet
 from eventstore.model import AppendResult, GuardedBatch, InlineHook, Row
 
@@ -151,14 +148,19 @@ class SqliteBackend(Backend):
     async def open(self, log_migrations: MigrationSet) -> None:
         try:
             self._writer = await self._connect(busy_timeout=0.0)
-            await self._thread(self._writer, self._configure, True)
-            if not self._memory:
+            refused = await self._thread(self._writer, self._foreign_schema)
+            if refused is None:
+                await self._thread(self._writer, self._configure, True)
+            if refused is None and not self._memory:
                 self._reader = await self._connect(busy_timeout=self.busy_timeout)
                 await self._thread(self._reader, self._configure, False)
                 self._checkpointer = Checkpointer(self.path, self.synchronous, self._checkpoint_done)
         except (sqlite3.Error, EventStoreError) as exc:
             await self.aclose()
             raise DatabaseError(f"cannot open SQLite database {self.path}: {exc}") from exc
+        if refused is not None:
+            await self.aclose()
+            raise SchemaVersionError(refused)
         try:
             await self.migrate(log_migrations)
         except BaseException:
@@ -176,6 +178,9 @@ class SqliteBackend(Backend):
             check_same_thread=False,
             uri=self.path.startswith("file:"),
         )
+
+    def _foreign_schema(self, conn: sqlite3.Connection) -> str | None:
+        return self._retrying(lambda: foreign_schema(conn, self.path), "read the schema")
 
     def _configure(self, conn: sqlite3.Connection, writer: bool) -> None:
         if writer and not self._memory:

@@ -33,6 +33,7 @@ __all__ = (
     "fetch_positions",
     "fetchall",
     "find_ids",
+    "foreign_schema",
     "is_busy",
     "migrate_one",
     "read_state",
@@ -63,6 +64,37 @@ CHECKPOINT_CHANGES = 4000
 def is_busy(exc: sqlite3.Error) -> bool:
     text = str(exc).lower()
     return "locked" in text or "busy" in text
+
+
+#: The replaced storage layer's tables (see README "Coming from the old storage layer").
+LEGACY_TABLES = ("signals", "signal_processing", "suppression_cache")
+
+
+def foreign_schema(conn: sqlite3.Connection, path: str) -> str | None:
+    """Why the database at ``path`` cannot hold an event store, or None if it can.
+
+    Checked before the store changes anything (not even WAL mode, which is
+    recorded in the file): a database of the replaced storage layer, or any
+    database whose ``schema_migrations`` table is another application's, is
+    refused with what to do instead. Other tables beside ours are left alone.
+    """
+    tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type IN ('table', 'view')")}
+    if "events" in tables:
+        return None
+    if "signal_processing" in tables:
+        return (
+            f"{path} is a database of the replaced signal storage layer (tables "
+            f"{', '.join(t for t in LEGACY_TABLES if t in tables)}), not an event store; nothing was changed. "
+            f"Import its data into a new store with: eventstore import-legacy NEW.db {path}"
+        )
+    if "schema_migrations" in tables:
+        columns = {row[1] for row in conn.execute("PRAGMA table_info(schema_migrations)")}
+        if "set_name" not in columns:
+            return (
+                f"{path} is not an event store: its schema_migrations table belongs to another application "
+                "(no set_name column); nothing was changed. Use a new file for the event store"
+            )
+    return None
 
 
 def fetchall(conn: sqlite3.Connection, sql: str, params: Sequence[Any]) -> list[Any]:
