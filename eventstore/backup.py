@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterable
-from typing import IO, Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from typing import IO, Any, TypeVar
 
 import msgspec
 
@@ -28,7 +28,17 @@ from eventstore.store import EventStore
 from projections import ProjectionRunner
 from projections.search import default_projections
 
-__all__ = ("FORMAT", "FORMAT_VERSION", "ExportHeader", "ImportReport", "export_log", "import_log", "restore")
+__all__ = (
+    "FORMAT",
+    "FORMAT_VERSION",
+    "ExportHeader",
+    "ImportReport",
+    "export_log",
+    "import_log",
+    "load_into_empty",
+    "refuse_events",
+    "restore",
+)
 
 FORMAT = "eventstore-jsonl"
 FORMAT_VERSION = 1
@@ -36,6 +46,7 @@ _CHUNK = 500
 _COLUMNS = "position, event_id, stream, version, type, schema_version, recorded_at, metadata, data, hash"
 _INSERT = f"INSERT INTO events ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 Progress = Callable[[int, int], None]
+T = TypeVar("T")
 
 
 class ExportHeader(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -121,12 +132,7 @@ async def import_log(log: EventStore, lines: Iterable[bytes], *, progress: Progr
     reader = _Reader(log, iter(lines))
     header = reader.header()
     async with log.transaction():
-        existing = await log.head_position()
-        if existing:
-            raise EventStoreError(
-                f"cannot import into {log.location}: it already holds events (head position {existing}); "
-                "import needs a new or empty store"
-            )
+        await refuse_events(log)
         chunk: list[Row] = []
         async for row in reader.rows():
             chunk.append(row)
@@ -145,17 +151,28 @@ async def import_log(log: EventStore, lines: Iterable[bytes], *, progress: Progr
 
 async def restore(log: EventStore, lines: Iterable[bytes], *, progress: Progress | None = None) -> ImportReport:
     """Import into a new or empty store, then rebuild every projection from the imported log."""
+    return await load_into_empty(log, lambda: import_log(log, lines, progress=progress), progress=progress)
+
+
+async def refuse_events(log: EventStore) -> None:
+    """Raise unless the store holds no events (an import goes into a new or empty store)."""
     existing = await log.head_position()
     if existing:
         raise EventStoreError(
             f"cannot import into {log.location}: it already holds events (head position {existing}); "
             "import needs a new or empty store"
         )
+
+
+async def load_into_empty(log: EventStore, load: Callable[[], Awaitable[T]], *, progress: Progress | None = None) -> T:
+    """``load()`` (an import: its own transaction, checked with :func:`refuse_events`) into a new or
+    empty store, then every projection rebuilt from what it wrote."""
+    await refuse_events(log)
     runner = ProjectionRunner(log, default_projections())
     await runner.start(inline=False)  # empty tables at checkpoint 0, so nothing to catch up yet
-    report = await import_log(log, lines, progress=progress)
+    result = await load()
     await runner.rebuild(progress=progress)
-    return report
+    return result
 
 
 class _Reader:

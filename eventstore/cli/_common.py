@@ -45,6 +45,8 @@ __all__ = (
     "open_log",
     "parse_duration",
     "parse_time",
+    "progress_bar",
+    "removed_if_failed",
     "summary",
 )
 
@@ -89,6 +91,21 @@ def _existing(url: str, create: bool) -> dict[str, Any]:
         return {}
     require_existing(url)
     return {"create": False} if url.startswith(("postgresql://", "postgres://")) else {}
+
+
+@contextlib.contextmanager
+def removed_if_failed(url: str) -> Iterator[None]:
+    """Around a command that creates a SQLite store to fill it (an import): if it fails, the file it
+    created is removed again, so a failed import leaves nothing behind (a store that was there stays)."""
+    created = _is_file_path(url) and not os.path.exists(url)
+    try:
+        yield
+    except BaseException:
+        if created:
+            for suffix in ("", "-wal", "-shm"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(url + suffix)
+        raise
 
 
 def open_log(url: str, *, create: bool = False) -> EventStore:

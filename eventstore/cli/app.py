@@ -16,6 +16,7 @@ from eventstore.cli import (
     cleanup,
     export,
     import_,
+    import_legacy,
     init,
     optimize,
     project,
@@ -34,7 +35,7 @@ __all__ = ("COMMANDS", "build_parser", "main")
 
 COMMANDS: tuple[ModuleType, ...] = (
     init, status, stats, append, read, tail, audit, rebuild, project,
-    export, import_, verify, validate, cleanup, optimize, search,
+    export, import_, import_legacy, verify, validate, cleanup, optimize, search,
 )  # fmt: skip
 
 

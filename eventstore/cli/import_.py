@@ -7,7 +7,16 @@ import sys
 from collections.abc import Sequence
 
 from eventstore.backup import restore
-from eventstore.cli._common import add_json, add_store, command_main, console, emit_json, open_log, progress_bar
+from eventstore.cli._common import (
+    add_json,
+    add_store,
+    command_main,
+    console,
+    emit_json,
+    open_log,
+    progress_bar,
+    removed_if_failed,
+)
 
 NAME = "import"
 HELP = "import a JSON Lines export into a new or empty store (checked line by line; all or nothing)"
@@ -20,13 +29,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 async def run(args: argparse.Namespace) -> int:
-    async with open_log(args.store, create=True) as log:
-        with progress_bar("importing") as bar:
-            if args.file == "-":
-                report = await restore(log, sys.stdin.buffer, progress=bar)
-            else:
-                with open(args.file, "rb") as source:  # noqa: ASYNC230 -- buffered line reads
-                    report = await restore(log, source, progress=bar)
+    with removed_if_failed(args.store):
+        async with open_log(args.store, create=True) as log:
+            with progress_bar("importing") as bar:
+                if args.file == "-":
+                    report = await restore(log, sys.stdin.buffer, progress=bar)
+                else:
+                    with open(args.file, "rb") as source:  # noqa: ASYNC230 -- buffered line reads
+                        report = await restore(log, source, progress=bar)
     if args.json:
         emit_json({"events": report.events, "head_position": report.head_position})
     else:
