@@ -20,7 +20,7 @@ from typing import IO, Any, TypeVar
 
 import msgspec
 
-from eventstore.codec import GENESIS_HASH, chain_hash, decode_metadata, from_micros, to_micros
+from eventstore.codec import GENESIS_HASH, NUL_REFUSED, chain_hash, decode_metadata, from_micros, nul_path, to_micros
 from eventstore.errors import EventStoreError, IntegrityViolation
 from eventstore.model import GuardedBatch, Row, Statement
 from eventstore.schema import LOG_MIGRATIONS
@@ -246,9 +246,13 @@ class _Reader:
         if chain_hash(self.previous_hash, row) != stored_hash:
             raise self._fail(f"hash of position {line.position} does not match its content and the chain")
         try:
-            self.log.registry.decode(line.type, line.schema_version, data)
+            event = self.log.registry.decode(line.type, line.schema_version, data)
         except (msgspec.DecodeError, EventStoreError) as exc:
             raise self._fail(f"data does not decode as {line.type}: {exc}") from exc
+        if self.log.dialect == "postgresql" and b"\\u0000" in data:  # SQLite stores it; PostgreSQL cannot
+            where = nul_path(msgspec.to_builtins(event))
+            if where is not None:
+                raise self._fail(f"{line.type}.{where} {NUL_REFUSED}")
         self._check_metadata(metadata)
         self.position, self.previous_hash, self.last_recorded = line.position, stored_hash, recorded
         self.versions[line.stream] = line.version

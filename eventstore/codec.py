@@ -28,6 +28,7 @@ from eventstore.model import RecordedEvent, Row
 
 __all__ = (
     "GENESIS_HASH",
+    "NUL_REFUSED",
     "EventRegistry",
     "Upcaster",
     "chain_hash",
@@ -35,6 +36,7 @@ __all__ = (
     "new_correlation_id",
     "new_event_id",
     "new_event_id_bytes",
+    "nul_path",
     "signal_event_id",
     "signal_event_id_bytes",
     "to_micros",
@@ -168,6 +170,33 @@ def chain_hash(previous: bytes, row: Row) -> bytes:
     return hashlib.sha256(b"".join((previous, header, event_id, stream_b, type_b, metadata, data))).digest()
 
 
+NUL_REFUSED = "contains a NUL character (\\x00), which PostgreSQL text cannot store"
+
+
+def nul_path(value: Any, path: str = "") -> str | None:
+    """Where in ``value`` (decoded JSON) a string or key holds a NUL character, e.g. ``raw_data.bio``; or None.
+
+    Refused in every event on every backend, so that a log written on SQLite
+    exports to PostgreSQL, and a projection never meets an event it cannot store.
+    """
+    if isinstance(value, str):
+        return path if "\x00" in value else None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if "\x00" in str(key):
+                return f"{path}[{key!r}]"
+            here = f"{path}.{key}" if path else str(key)
+            found = nul_path(item, here)
+            if found is not None:
+                return found
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            found = nul_path(item, f"{path}[{index}]")
+            if found is not None:
+                return found
+    return None
+
+
 def _validation_message(exc: msgspec.ValidationError) -> tuple[str, str | None]:
     text = str(exc)
     field = None
@@ -246,6 +275,11 @@ class EventRegistry:
         normalised = _to_utc(checked, datetime_fields)
         if normalised is not checked:
             data = _json_encode(normalised)
+        if b"\\u0000" in data:  # rare: then look for a real NUL (not an escaped backslash before 'u0000')
+            nul_at = nul_path(msgspec.to_builtins(normalised))
+            if nul_at is not None:
+                top = nul_at.split(".", 1)[0].split("[", 1)[0] or None
+                raise InvalidEvent(f"invalid {name}.{nul_at}: {NUL_REFUSED}", event_type=name, field=top)
         return name, schema_version, data, normalised
 
     def decode(self, type_name: str, schema_version: int, data: bytes) -> Event:

@@ -236,8 +236,8 @@ class EventStore:
     ) -> tuple[str, list[Event], ExpectedVersion, Sequence[uuid.UUID] | None, dict[str, Any], bytes]:
         """The request's stream, events, expected version and event ids, checked; its metadata, encoded too."""
         stream, events = request.stream, list(request.events)
-        if not isinstance(stream, str) or not stream or (not stream.isprintable() and not _is_utf8(stream)):
-            raise InvalidEvent(f"stream must be a non-empty UTF-8 string, not {stream!r}", field="stream")
+        if not isinstance(stream, str) or not stream or (not stream.isprintable() and not _is_text(stream)):
+            raise InvalidEvent(f"stream must be a non-empty UTF-8 string without NUL, not {stream!r}", field="stream")
         expected = request.expected_version
         valid_int = isinstance(expected, int) and not isinstance(expected, bool) and expected >= 0
         if not (valid_int or isinstance(expected, _Expect)):
@@ -615,12 +615,13 @@ def _bad(checked: int, head: int, position: int, reason: str) -> VerifyReport:
     )
 
 
-def _is_utf8(text: str) -> bool:
+def _is_text(text: str) -> bool:
+    """Storable as text on every backend: UTF-8 (no lone surrogates) and no NUL (PostgreSQL refuses it)."""
     try:
         text.encode()
     except UnicodeEncodeError:  # lone surrogates
         return False
-    return True
+    return "\x00" not in text
 
 
 def _as_uuid(value: Any) -> uuid.UUID:

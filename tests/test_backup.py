@@ -157,6 +157,24 @@ async def test_a_corrupt_backup_fails_with_its_line_and_leaves_the_store_empty(
         assert await log.query("SELECT count(*) FROM events") == [(0,)]
 
 
+async def test_a_nul_character_is_refused_by_an_import_into_postgresql_only(tmp_path: Path, store_url: str) -> None:
+    """A log written on SQLite before NUL was refused may hold one: SQLite takes it back, PostgreSQL cannot."""
+    source = str(tmp_path / "source.db")
+    await populate(source)
+
+    def nul_in_a_name(events: list[dict[str, Any]]) -> None:
+        events[2]["data"]["company_name"] = "Ac\x00me"
+
+    data = b"".join(_forged(_lines(await export_bytes(source)), nul_in_a_name))
+    async with open_store(store_url) as log:
+        if log.dialect == "postgresql":
+            with pytest.raises(IntegrityViolation, match=r"line 4: SignalDetected.company_name contains a NUL"):
+                await restore(log, io.BytesIO(data))
+            assert await log.head_position() == 0
+        else:
+            assert (await restore(log, io.BytesIO(data))).events == 15
+
+
 async def test_a_repeated_event_id_in_a_later_chunk_names_its_line(
     tmp_path: Path, store_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from eventstore import SchemaVersionError, SignalDetected, SignalPushed, SignalRejected, SuppressionSynced
+from eventstore import InvalidEvent, SchemaVersionError, SignalDetected, SignalPushed, SignalRejected, SuppressionSynced
 from eventstore.codec import (
     GENESIS_HASH,
     EventRegistry,
@@ -28,8 +28,10 @@ from tests.conftest import detected
 
 # -- strategies -----------------------------------------------------------
 
-names = st.text(st.characters(codec="utf-8"), min_size=1, max_size=30)
-texts = st.text(st.characters(codec="utf-8"), max_size=30)
+# Any UTF-8 text but NUL, which every event refuses (see test_a_nul_anywhere_is_refused).
+characters = st.characters(codec="utf-8", exclude_characters="\x00")
+names = st.text(characters, min_size=1, max_size=30)
+texts = st.text(characters, max_size=30)
 offsets = st.builds(
     dt.timezone, st.integers(min_value=-23 * 60 - 59, max_value=23 * 60 + 59).map(lambda m: dt.timedelta(minutes=m))
 )
@@ -86,6 +88,18 @@ def test_every_event_type_round_trips_through_the_codec(event: Event) -> None:
         value = getattr(decoded, field)
         if isinstance(value, dt.datetime):
             assert value.utcoffset() == dt.timedelta(0)
+
+
+@given(signal_detected, texts, texts, st.sampled_from(["company_name", "raw_data"]))
+def test_a_nul_anywhere_is_refused(event: SignalDetected, before: str, after: str, where: str) -> None:
+    poison = f"{before}\x00{after}"
+    if where == "raw_data":
+        changed = msgspec.structs.replace(event, raw_data={**event.raw_data, "deep": [{"in": poison}]})
+    else:
+        changed = msgspec.structs.replace(event, company_name=poison)
+    with pytest.raises(InvalidEvent, match="NUL character") as caught:
+        REGISTRY.encode(changed)
+    assert caught.value.field == where
 
 
 @given(every_event)

@@ -99,13 +99,39 @@ async def test_unregistered_event_type_is_invalid_and_names_the_type(log: EventS
     await assert_nothing_written(log)
 
 
+@pytest.mark.parametrize(
+    ("changes", "where", "field"),
+    [
+        ({"company_name": "Ac\x00me"}, "company_name", "company_name"),
+        ({"canonical_key": "domain:a\x00.ai"}, "canonical_key", "canonical_key"),
+        ({"raw_data": {"bio": ["fine", "a\x00b"]}}, "raw_data.bio[1]", "raw_data"),
+        ({"raw_data": {"k\x00": 1}}, "raw_data['k\\x00']", "raw_data"),
+    ],
+)
+async def test_a_nul_character_is_refused_on_every_backend(
+    log: EventStore, changes: dict[str, Any], where: str, field: str
+) -> None:
+    """PostgreSQL text cannot hold NUL: refused at the door, a log stays portable and every projection
+    can store every event (before, PostgreSQL committed the event and its projection then failed on it)."""
+    with pytest.raises(InvalidEvent, match="NUL character") as caught:
+        await log.append(STREAM, [detected(**changes)])
+    assert f"SignalDetected.{where}:" in str(caught.value)
+    assert caught.value.field == field
+    await assert_nothing_written(log)
+
+
+async def test_an_escaped_backslash_before_u0000_is_not_a_nul(log: EventStore) -> None:
+    result = await log.append(STREAM, [detected(company_name="C:\\u0000", raw_data={"path": "\\u0000"})])
+    assert result.positions == [1]
+
+
 async def test_a_non_event_is_invalid(log: EventStore) -> None:
     with pytest.raises(InvalidEvent):
         await log.append(STREAM, [{"type": "SignalDetected"}])  # type: ignore[list-item]
     await assert_nothing_written(log)
 
 
-@pytest.mark.parametrize("stream", ["", "\ud800"])
+@pytest.mark.parametrize("stream", ["", "\ud800", "company:a\x00b"])
 async def test_stream_must_be_non_empty_text(log: EventStore, stream: str) -> None:
     with pytest.raises(InvalidEvent) as caught:
         await log.append(stream, [SignalPushed(signal_id=1, notion_page_id="p")])
