@@ -146,21 +146,20 @@ class SqliteBackend(Backend):
     # -- lifecycle -------------------------------------------------------
 
     async def open(self, log_migrations: MigrationSet) -> None:
+        if not self._memory:
+            refused = await anyio.to_thread.run_sync(foreign_schema, self.path, self.busy_timeout)
+            if refused is not None:
+                raise SchemaVersionError(refused)
         try:
             self._writer = await self._connect(busy_timeout=0.0)
-            refused = await self._thread(self._writer, self._foreign_schema)
-            if refused is None:
-                await self._thread(self._writer, self._configure, True)
-            if refused is None and not self._memory:
+            await self._thread(self._writer, self._configure, True)
+            if not self._memory:
                 self._reader = await self._connect(busy_timeout=self.busy_timeout)
                 await self._thread(self._reader, self._configure, False)
                 self._checkpointer = Checkpointer(self.path, self.synchronous, self._checkpoint_done)
         except (sqlite3.Error, EventStoreError) as exc:
             await self.aclose()
             raise DatabaseError(f"cannot open SQLite database {self.path}: {exc}") from exc
-        if refused is not None:
-            await self.aclose()
-            raise SchemaVersionError(refused)
         try:
             await self.migrate(log_migrations)
         except BaseException:
@@ -178,9 +177,6 @@ class SqliteBackend(Backend):
             check_same_thread=False,
             uri=self.path.startswith("file:"),
         )
-
-    def _foreign_schema(self, conn: sqlite3.Connection) -> str | None:
-        return self._retrying(lambda: foreign_schema(conn, self.path), "read the schema")
 
     def _configure(self, conn: sqlite3.Connection, writer: bool) -> None:
         if writer and not self._memory:

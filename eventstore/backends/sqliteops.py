@@ -9,8 +9,10 @@ inline on the event loop thread or on aiosqlite's thread alike (see
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
 import threading
+import urllib.parse
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
@@ -70,14 +72,42 @@ def is_busy(exc: sqlite3.Error) -> bool:
 LEGACY_TABLES = ("signals", "signal_processing", "suppression_cache")
 
 
-def foreign_schema(conn: sqlite3.Connection, path: str) -> str | None:
-    """Why the database at ``path`` cannot hold an event store, or None if it can.
+def foreign_schema(path: str, timeout: float) -> str | None:
+    """Why the database at ``path`` cannot hold an event store, or None if it can (or is not there yet).
 
-    Checked before the store changes anything (not even WAL mode, which is
-    recorded in the file): a database of the replaced storage layer, or any
-    database whose ``schema_migrations`` table is another application's, is
-    refused with what to do instead. Other tables beside ours are left alone.
+    Checked before the store changes anything, on a read-only connection of
+    its own: WAL mode is recorded in the file, and closing the last read-write
+    connection checkpoints (and removes) a WAL another program left behind. A
+    database of the replaced storage layer, or any database whose
+    ``schema_migrations`` table is another application's, is refused with what
+    to do instead. Other tables beside ours are left alone. A file this cannot
+    read is left to the store's own opening, which names the problem.
     """
+    uri = _read_only_uri(path)
+    if uri is None:
+        return None
+    try:
+        conn = sqlite3.connect(uri, uri=True, timeout=timeout)
+        try:
+            return _foreign_tables(conn, path)
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return None
+
+
+def _read_only_uri(path: str) -> str | None:
+    if not path.startswith("file:"):
+        return f"file:{urllib.parse.quote(os.path.abspath(path))}?mode=ro" if os.path.exists(path) else None
+    base, _, query = path.partition("?")
+    params = dict(urllib.parse.parse_qsl(query))
+    if params.get("mode") == "memory":
+        return None
+    params["mode"] = "ro"
+    return f"{base}?{urllib.parse.urlencode(params)}"
+
+
+def _foreign_tables(conn: sqlite3.Connection, path: str) -> str | None:
     tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type IN ('table', 'view')")}
     if "events" in tables:
         return None
