@@ -13,6 +13,7 @@ import contextlib
 import datetime as dt
 import os
 import re
+import sqlite3
 import sys
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from types import ModuleType
@@ -46,7 +47,7 @@ __all__ = (
     "parse_duration",
     "parse_time",
     "progress_bar",
-    "removed_if_failed",
+    "store_to_fill",
     "summary",
 )
 
@@ -94,18 +95,55 @@ def _existing(url: str, create: bool) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def removed_if_failed(url: str) -> Iterator[None]:
-    """Around a command that creates a SQLite store to fill it (an import): if it fails, the file it
-    created is removed again, so a failed import leaves nothing behind (a store that was there stays)."""
-    created = _is_file_path(url) and not os.path.exists(url)
+def store_to_fill(url: str) -> Iterator[str]:
+    """Where an import builds the store ``url``.
+
+    A new SQLite file is built under a temporary name beside it and put in
+    place (hard-linked, which never replaces a file made meanwhile) only once
+    the import has succeeded: a failed import leaves nothing behind, and an
+    application pointed at ``url`` never sees it half built. Any other store
+    is filled where it is (an import is all or nothing: a failed one leaves
+    it as empty as it was).
+    """
+    if not _is_file_path(url) or os.path.exists(url):
+        yield url
+        return
+    directory, name = os.path.split(os.path.abspath(url))
+    building = os.path.join(directory, f".{name}.importing-{os.getpid()}")
     try:
-        yield
+        yield building
+        _fold_wal(building)
     except BaseException:
-        if created:
-            for suffix in ("", "-wal", "-shm"):
-                with contextlib.suppress(FileNotFoundError):
-                    os.remove(url + suffix)
+        _remove_database(building)
         raise
+    kept = f"{url} appeared while the import ran; the imported store is kept as {building}"
+    try:
+        os.link(building, url)
+    except FileExistsError:
+        raise CliError(kept) from None
+    except OSError:  # a filesystem without hard links: check, then rename (a narrow race, reported)
+        if os.path.exists(url):
+            raise CliError(kept) from None
+        os.rename(building, url)
+        return
+    os.remove(building)
+
+
+def _fold_wal(path: str) -> None:
+    """Checkpoint ``path``'s WAL into the file itself, so that the file alone is the whole store."""
+    conn = sqlite3.connect(path)
+    try:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    finally:
+        conn.close()  # the last connection: SQLite removes the emptied -wal and -shm
+    if os.path.exists(f"{path}-wal") and os.path.getsize(f"{path}-wal"):
+        raise CliError(f"{path}: its WAL could not be folded into the file (another process has it open?)")
+
+
+def _remove_database(path: str) -> None:
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(path + suffix)
 
 
 def open_log(url: str, *, create: bool = False) -> EventStore:

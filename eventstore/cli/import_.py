@@ -15,7 +15,7 @@ from eventstore.cli._common import (
     emit_json,
     open_log,
     progress_bar,
-    removed_if_failed,
+    store_to_fill,
 )
 
 NAME = "import"
@@ -29,8 +29,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 async def run(args: argparse.Namespace) -> int:
-    with removed_if_failed(args.store):
-        async with open_log(args.store, create=True) as log:
+    with store_to_fill(args.store) as store:
+        async with open_log(store, create=True) as log:
             with progress_bar("importing") as bar:
                 if args.file == "-":
                     report = await restore(log, sys.stdin.buffer, progress=bar)
