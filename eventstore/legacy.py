@@ -28,6 +28,7 @@ or nothing. The old file is opened read-only and never changed.
 from __future__ import annotations
 
 import datetime as dt
+import re
 import sqlite3
 import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
@@ -56,6 +57,8 @@ _TABLES = {
     "suppression_cache": ("suppression_cache", "suppression"),
 }
 _REASON_COLUMNS = ("reason", "rejection_reason", "error_message")
+_NUMBER = re.compile(r"^\s*[-+]?\d+(\.\d*)?\s*$")
+_MAX_UNIX_SECONDS = 100_000_000_000  # the year 5138: a larger number is milliseconds or worse
 _TIME_COLUMNS = {
     "signals": ("created_at", "detected_at"),
     "signal_processing": ("processed_at", "updated_at", "created_at"),
@@ -73,7 +76,8 @@ class LegacyData(NamedTuple):
 
 
 class LegacyReport(msgspec.Struct, frozen=True, kw_only=True):
-    signals: int
+    signals: int  # detections imported
+    merged: int  # old rows that repeat an earlier row's detection (both ids map to it)
     pushed: int
     rejected: int
     pending: int
@@ -88,7 +92,9 @@ class LegacyReport(msgspec.Struct, frozen=True, kw_only=True):
 
 
 def read_legacy(path: str | Path) -> LegacyData:
-    """The old layer's tables from its SQLite file or its JSON export (told apart by content)."""
+    """The old layer's tables from its SQLite file (a path or ``file:`` URI) or its JSON export."""
+    if isinstance(path, str) and path.startswith("file:"):
+        path = urllib.parse.unquote(urllib.parse.urlparse(path).path)
     path = Path(path)
     try:
         with path.open("rb") as source:
@@ -106,7 +112,9 @@ def _read_sqlite(path: Path) -> LegacyData:
         raise EventStoreError(f"cannot open {path} read-only: {exc}") from exc
     try:
         conn.row_factory = sqlite3.Row
-        tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        conn.text_factory = bytes  # decoded row by row, so that bad text names its row
+        master = conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+        tables = {bytes(name).decode(errors="replace") for (name,) in master}
         if "events" in tables:
             raise SchemaVersionError(
                 f"{path} is already an event store; copy it with 'eventstore export' and 'eventstore import'"
@@ -126,8 +134,19 @@ def _read_sqlite(path: Path) -> LegacyData:
 
 
 def _all_rows(conn: sqlite3.Connection, table: str) -> list[Record]:
-    """Every row of ``table`` (one of ours, not user input), oldest first."""
-    return [dict(row) for row in conn.execute(f"SELECT * FROM {table} ORDER BY rowid")]
+    """Every row of ``table`` (one of ours, not user input), its text decoded (the plan orders them)."""
+    rows: list[Record] = []
+    for index, row in enumerate(conn.execute(f"SELECT * FROM {table}")):
+        record = dict(row)
+        for column, value in record.items():
+            if isinstance(value, bytes):
+                try:
+                    record[column] = value.decode()
+                except UnicodeDecodeError:
+                    name = _row_name(table, record, index)
+                    raise InvalidEvent(f"{name}: {column} is not UTF-8 text: {value!r}", field=column) from None
+        rows.append(record)
+    return rows
 
 
 def _read_json(path: Path) -> LegacyData:
@@ -158,14 +177,28 @@ def _kind(value: Any) -> str:
 # -- rows to events ------------------------------------------------------------
 
 
+def _row_name(table: str, record: Record, index: int) -> str:
+    row_id = record.get("id")
+    return f"{table} row id={row_id!r}" if row_id is not None else f"{table} row {index + 1}"
+
+
+def _by_id(records: Sequence[Record]) -> list[tuple[int, Record]]:
+    """(index, row) in old-id order (rows without an integer id keep their place at the end)."""
+
+    def key(item: tuple[int, Record]) -> tuple[int, int]:
+        row_id = item[1].get("id")
+        return (0, row_id) if isinstance(row_id, int) and not isinstance(row_id, bool) else (1, item[0])
+
+    return sorted(enumerate(records), key=key)
+
+
 class _Row:
     """One old row, with errors that name it."""
 
     def __init__(self, table: str, record: Record, index: int) -> None:
         self.table = table
         self.record = record
-        row_id = record.get("id")
-        self.name = f"{table} row id={row_id}" if row_id is not None else f"{table} row {index + 1}"
+        self.name = _row_name(table, record, index)
 
     def error(self, message: str, field: str | None = None) -> InvalidEvent:
         return InvalidEvent(f"{self.name}: {message}", field=field)
@@ -209,15 +242,21 @@ class _Row:
         return value
 
     def time(self, column: str, naive: list[int]) -> dt.datetime:
-        value = self.get(column)
+        stored = value = self.get(column)
+        if isinstance(value, str) and _NUMBER.match(value):
+            value = float(value)  # a TEXT column keeps a number written to it as text
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        if number and abs(value) >= _MAX_UNIX_SECONDS:
+            message = f"{column} {stored!r} is not Unix seconds (milliseconds?); write it as ISO 8601 or seconds"
+            raise self.error(message, field=column)
         try:
-            if isinstance(value, int | float) and not isinstance(value, bool):
+            if number:
                 return dt.datetime.fromtimestamp(value, dt.UTC)
             if not isinstance(value, str):
                 raise TypeError
             when = dt.datetime.fromisoformat(value.strip())
         except (TypeError, ValueError, OverflowError, OSError):
-            raise self.error(f"{column} {value!r} is not a time (ISO 8601 or Unix seconds)", field=column) from None
+            raise self.error(f"{column} {stored!r} is not a time (ISO 8601 or Unix seconds)", field=column) from None
         if when.tzinfo is None:
             naive[0] += 1
             when = when.replace(tzinfo=dt.UTC)
@@ -244,11 +283,14 @@ class _Plan:
         self.actor = actor
         self.correlation_id = new_correlation_id()
         self.naive = [0]
-        self.pending = 0
-        self.signals = [self._detection(_Row("signals", r, i)) for i, r in enumerate(data.signals)]
-        self._refuse_repeats()
-        self.by_old_id = {old_id: (index, request) for index, (old_id, request) in enumerate(self.signals)}
+        self.signals: list[AppendRequest] = []  # one per detection, in old-id order
+        self.index_of: dict[int, int] = {}  # old signal id -> its detection in self.signals
+        self.merged = 0
+        self._keys: dict[tuple[str, str, str, dt.datetime], int] = {}
+        for index, record in _by_id(data.signals):
+            self._add_detection(_Row("signals", record, index))
         self.decisions = self._decisions(data.processing)
+        self.pending = len(self.signals) - len(self.decisions)
         self.suppression = [self._suppression(_Row("suppression_cache", r, i)) for i, r in enumerate(data.suppression)]
 
     def _checked(self, row: _Row, event: Event) -> Event:
@@ -265,7 +307,10 @@ class _Plan:
             metadata=row.metadata(self.actor, self.correlation_id),
         )
 
-    def _detection(self, row: _Row) -> tuple[int, AppendRequest]:
+    def _add_detection(self, row: _Row) -> None:
+        old_id = row.integer("id")
+        if old_id in self.index_of:
+            raise row.error(f"another row has id={old_id}", field="id")
         confidence = row.get("confidence")
         if isinstance(confidence, bool) or not isinstance(confidence, int | float):
             raise row.error(f"confidence must be a number, not {confidence!r}", field="confidence")
@@ -278,59 +323,52 @@ class _Plan:
             raw_data=row.json_object("raw_data"),
             detected_at=row.time("detected_at", self.naive),
         )
-        return row.integer("id"), self._request(row, company_stream(event.canonical_key), event)
-
-    def _refuse_repeats(self) -> None:
-        """Two rows with one id, or one dedup key (the old table's UNIQUE), cannot both be imported."""
-        ids: set[int] = set()
-        keys: dict[tuple[str, str, str, dt.datetime], int] = {}
-        for old_id, request in self.signals:
-            event = request.events[0]
-            assert isinstance(event, SignalDetected)
-            if old_id in ids:
-                raise InvalidEvent(f"signals: two rows have id={old_id}", field="id")
-            ids.add(old_id)
-            key = (event.canonical_key, event.signal_type, event.source_api, event.detected_at)
-            first = keys.setdefault(key, old_id)
-            if first != old_id:
-                raise InvalidEvent(
-                    f"signals row id={old_id} repeats row id={first} (same canonical_key, signal_type, "
-                    "source_api and detected_at): the log keeps one detection per key",
-                    field="detected_at",
-                )
+        request = self._request(row, company_stream(event.canonical_key), event)
+        key = (event.canonical_key, event.signal_type, event.source_api, event.detected_at)
+        first = self._keys.get(key)
+        if first is not None:
+            # One detection stored twice (e.g. one instant spelt two ways, which the old text
+            # UNIQUE let through): as with save_signal, the first stands and both ids name it.
+            self.index_of[old_id] = first
+            self.merged += 1
+            return
+        self._keys[key] = self.index_of[old_id] = len(self.signals)
+        self.signals.append(request)
 
     def _decisions(self, records: Sequence[Record]) -> list[tuple[int, str, Callable[[int], Event], _Row]]:
-        """Each signal's push or rejection: (signal index, status, event for its new id, row)."""
-        decided: dict[int, tuple[str, Event, _Row]] = {}
+        """Each signal's push or rejection: (its detection's index, status, event for its new id, row)."""
+        decided: dict[int, tuple[str, str, _Row]] = {}
         found: list[tuple[int, str, Callable[[int], Event], _Row]] = []
-        for index, record in enumerate(records):
-            row = _Row("signal_processing", record, index)
+        for position, record in _by_id(records):
+            row = _Row("signal_processing", record, position)
             old_id = row.integer("signal_id")
             status = row.text("status").strip().lower()
-            if old_id not in self.by_old_id:
+            index = self.index_of.get(old_id)
+            if index is None:
                 raise row.error(f"signal_id {old_id} is not in the signals table", field="signal_id")
             if status == "pending":
                 continue
-            make = self._decision(row, status)
-            event = make(1)
-            earlier = decided.get(old_id)
+            make, outcome = self._decision(row, status)
+            self._checked(row, make(1))
+            earlier = decided.get(index)
             if earlier is not None:
-                if earlier[1] == event:
-                    continue  # the same decision twice: recorded once, as the facade would
-                raise row.error(f"signal {old_id} was already {earlier[0]} by {earlier[2].name}", field="status")
-            decided[old_id] = (status, event, row)
-            found.append((self.by_old_id[old_id][0], status, make, row))
-        self.pending = len(self.signals) - len(found)
+                if earlier[:2] == (status, outcome):
+                    continue  # the same push (page) or rejection (reason) again: one event, as the facade
+                was = f"{earlier[0]} ({earlier[1]!r}) by {earlier[2].name}"
+                raise row.error(f"signal {old_id} was already {was}", field="status")
+            decided[index] = (status, outcome, row)
+            found.append((index, status, make, row))
         return found
 
-    def _decision(self, row: _Row, status: str) -> Callable[[int], Event]:
+    def _decision(self, row: _Row, status: str) -> tuple[Callable[[int], Event], str]:
+        """The event for the signal's new id, and what decides a repeat: the page, or the reason."""
         metadata = row.json_object("metadata")
         if status == "pushed":
             page = row.text("notion_page_id")
-            return lambda signal_id: SignalPushed(signal_id=signal_id, notion_page_id=page, metadata=metadata)
+            return lambda signal_id: SignalPushed(signal_id=signal_id, notion_page_id=page, metadata=metadata), page
         if status == "rejected":
             reason = row.text(*_REASON_COLUMNS)
-            return lambda signal_id: SignalRejected(signal_id=signal_id, reason=reason, metadata=metadata)
+            return lambda signal_id: SignalRejected(signal_id=signal_id, reason=reason, metadata=metadata), reason
         raise row.error(f"status {status!r} is not pending, pushed or rejected", field="status")
 
     def _suppression(self, row: _Row) -> AppendRequest:
@@ -380,10 +418,10 @@ async def _append_all(log: EventStore, plan: _Plan, progress: Progress | None) -
                 progress(done, plan.total)
         return positions
 
-    new_ids = await append([request for _, request in plan.signals])
+    new_ids = await append(plan.signals)
     decisions = [
         AppendRequest(
-            stream=plan.signals[index][1].stream,
+            stream=plan.signals[index].stream,
             events=[make(new_ids[index])],
             metadata=row.metadata(plan.actor, plan.correlation_id),
         )
@@ -394,6 +432,7 @@ async def _append_all(log: EventStore, plan: _Plan, progress: Progress | None) -
     pushed = sum(1 for _, status, _, _ in plan.decisions if status == "pushed")
     return LegacyReport(
         signals=len(plan.signals),
+        merged=plan.merged,
         pushed=pushed,
         rejected=len(plan.decisions) - pushed,
         pending=plan.pending,
@@ -401,5 +440,5 @@ async def _append_all(log: EventStore, plan: _Plan, progress: Progress | None) -
         events=plan.total,
         head_position=await log.head_position(),
         naive_times=plan.naive[0],
-        id_map={old_id: new_id for (old_id, _), new_id in zip(plan.signals, new_ids, strict=True)},
+        id_map={old_id: new_ids[index] for old_id, index in plan.index_of.items()},
     )

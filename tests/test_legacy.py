@@ -5,20 +5,30 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import hashlib
+import importlib
 import json
-import os
+import shutil
 import sqlite3
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from eventstore import EventStoreError, InvalidEvent, SchemaVersionError, SignalPushed, open_store, signal_store
+from eventstore import (
+    EventStoreError,
+    InvalidEvent,
+    SchemaVersionError,
+    SignalDetected,
+    SignalPushed,
+    open_store,
+    signal_store,
+)
 from eventstore.cli import main
 from eventstore.legacy import LegacyReport, import_legacy, read_legacy
 from tests.conftest import FakeClock
 
 pytestmark = pytest.mark.anyio
+legacy_cli = importlib.import_module("eventstore.cli.import_legacy")
 
 # The old layer's schema as its summary describes it (tables, columns named in its API and
 # indexes, the UNIQUE dedup key); the columns it does not name are a plausible guess.
@@ -222,7 +232,7 @@ async def test_a_json_export_imports_like_the_database(store_url: str, old_db: P
         ({"processing": [(1, 3, "archived", None, None, None, None)]}, r"status 'archived' is not pending, pushed"),
         (
             {"processing": [(1, 3, "pushed", "p", None, None, None), (2, 3, "rejected", None, "dup", None, None)]},
-            r"signal_processing row id=2: signal 3 was already pushed by signal_processing row id=1",
+            r"signal_processing row id=2: signal 3 was already pushed \('p'\) by signal_processing row id=1",
         ),
         ({"processing": [(1, 3, "pushed", "p", None, "not json", None)]}, r"row id=1: metadata is not valid JSON"),
         ({"suppression": [("k", "p", "Active", "soon")]}, r"suppression_cache row 1: expires_at 'soon' is not a time"),
@@ -302,7 +312,7 @@ def test_cli_failed_import_leaves_no_new_store_behind(capsys: pytest.CaptureFixt
     backup = tmp_path / "backup.jsonl"
     backup.write_text('{"format": "something else"}\n')
     assert main(["import", str(store), str(backup)]) == 1
-    assert not any(p.name.startswith("new.db") for p in tmp_path.iterdir()), os.listdir(tmp_path)
+    assert not any(p.name.startswith("new.db") for p in tmp_path.iterdir())
 
 
 def test_cli_refuses_the_old_database_as_a_store(capsys: pytest.CaptureFixture[str], old_db: Path) -> None:
@@ -311,3 +321,186 @@ def test_cli_refuses_the_old_database_as_a_store(capsys: pytest.CaptureFixture[s
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "import-legacy" in err
     assert digest(old_db) == before
+
+
+# -- found in review ------------------------------------------------------------------
+
+
+def one_signal(**row: Any) -> list[tuple[Any, ...]]:
+    values = {"id": 1, "type": "github_spike", "source": "github", "key": "domain:acme.ai", "name": "Acme",
+              "confidence": 0.5, "raw_data": None, "detected_at": "2026-01-05T10:00:00Z"}  # fmt: skip
+    values.update(row)
+    return [tuple(values.values())]
+
+
+@pytest.mark.parametrize(
+    "row",
+    [{"name": "Ac\x00me"}, {"raw_data": '{"bio": "a\\u0000b"}'}, {"key": "domain:acme\x00.ai"}],
+    ids=["in company_name", "in raw_data", "in canonical_key"],
+)
+async def test_a_nul_character_is_named_with_its_row_and_nothing_is_imported(
+    store_url: str, tmp_path: Path, row: dict[str, Any]
+) -> None:
+    """On PostgreSQL the events used to commit and the projections' rebuild then failed on them."""
+    old = make_old_db(tmp_path / "nul.db", signals=one_signal(**row), processing=[], suppression=[])
+    async with open_store(store_url) as log:
+        with pytest.raises(InvalidEvent, match=r"signals row id=1: .*NUL character"):
+            await import_legacy(log, old)
+        assert await log.head_position() == 0
+    async with signal_store(store_url, background=False, cleanup_interval=None) as store:
+        assert (await store.get_processing_stats())["total"] == 0
+
+
+async def test_refusing_an_old_database_in_wal_mode_leaves_its_wal_alone(tmp_path: Path) -> None:
+    """The old layer stopped with its last commit still in signals.db-wal (a crash, or files copied while it
+    ran): closing a read-write connection would have folded the WAL into the file and removed it."""
+    live = make_old_db(tmp_path / "live.db")
+    conn = sqlite3.connect(live)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA wal_autocheckpoint=0")
+    conn.execute("UPDATE signal_processing SET status = 'rejected', error_message = 'late' WHERE id = 3")
+    conn.commit()
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    for suffix in ("", "-wal", "-shm"):
+        shutil.copy(f"{live}{suffix}", copy / f"signals.db{suffix}")
+    conn.close()
+    # Compared: the file and its WAL. The -shm is SQLite's shared-memory index, which every reader updates.
+    before = {p.name: digest(p) for p in copy.iterdir() if not p.name.endswith("-shm")}
+    with pytest.raises(SchemaVersionError, match="nothing was changed"):
+        async with open_store(str(copy / "signals.db")):
+            pass
+    assert {p.name: digest(p) for p in copy.iterdir() if not p.name.endswith("-shm")} == before
+    data = read_legacy(copy / "signals.db")  # and the import sees the commit still in the WAL
+    assert [r["status"] for r in data.processing if r["id"] == 3] == ["rejected"]
+
+
+def test_a_store_made_at_the_path_during_the_import_is_never_replaced_or_deleted(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], old_db: Path, tmp_path: Path
+) -> None:
+    store = tmp_path / "events.db"
+    real = legacy_cli.import_legacy
+
+    async def meanwhile(log: Any, data: Any, **options: Any) -> Any:
+        # The application, already pointed at the new path, starts while the import runs.
+        async with signal_store(str(store), background=False, cleanup_interval=None) as app:
+            await app.save_signal("github_spike", "github", "domain:new.io", "New", 0.5)
+        return await real(log, data, **options)
+
+    monkeypatch.setattr(legacy_cli, "import_legacy", meanwhile)
+    assert main(["import-legacy", str(store), str(old_db)]) == 1
+    err = capsys.readouterr().err
+    assert f"{store} appeared while the import ran; the imported store is kept as" in err
+    kept = Path(err.split("kept as ", 1)[1].strip())
+    monkeypatch.undo()
+    assert main(["stats", str(store), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["signals"] == 1  # the application's store, untouched
+    assert main(["stats", str(kept), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["signals"] == 4  # and the import, whole
+
+
+def test_a_new_store_appears_only_once_the_import_succeeded(
+    monkeypatch: pytest.MonkeyPatch, old_db: Path, tmp_path: Path
+) -> None:
+    store = tmp_path / "events.db"
+    real = legacy_cli.import_legacy
+    seen: list[bool] = []
+
+    async def watched(log: Any, data: Any, **options: Any) -> Any:
+        seen.append(store.exists())
+        return await real(log, data, **options)
+
+    monkeypatch.setattr(legacy_cli, "import_legacy", watched)
+    assert main(["import-legacy", str(store), str(old_db)]) == 0
+    assert seen == [False]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["events.db", "signals.db"]  # no WAL or temporary left
+
+
+@pytest.mark.parametrize(
+    ("stored", "expected"),
+    [
+        (1736071200, dt.datetime(2025, 1, 5, 10, tzinfo=dt.UTC)),  # TEXT affinity keeps it as '1736071200'
+        ("1736071200.5", dt.datetime(2025, 1, 5, 10, 0, 0, 500000, tzinfo=dt.UTC)),
+        (1736071200000, None),  # milliseconds: refused, not read as the year 1736
+    ],
+)
+async def test_unix_times_in_a_text_column(tmp_path: Path, stored: object, expected: dt.datetime | None) -> None:
+    old = make_old_db(tmp_path / "t.db", signals=one_signal(detected_at=stored), processing=[], suppression=[])
+    async with open_store(str(tmp_path / "new.db")) as log:
+        if expected is None:
+            with pytest.raises(
+                InvalidEvent,
+                match=r"signals row id=1: detected_at '1736071200000' is not Unix seconds \(milliseconds\?\)",
+            ):
+                await import_legacy(log, old)
+            return
+        await import_legacy(log, old)
+        (event,) = await log.get_events([1])
+    assert isinstance(event.data, SignalDetected)
+    assert event.data.detected_at == expected
+
+
+def test_an_id_map_that_cannot_be_written_fails_before_the_import(
+    capsys: pytest.CaptureFixture[str], old_db: Path, tmp_path: Path
+) -> None:
+    store, id_map = tmp_path / "events.db", tmp_path / "maps" / "ids.csv"
+    assert main(["import-legacy", str(store), str(old_db), "--id-map", str(id_map)]) == 1
+    assert f"cannot write the id map {id_map}" in capsys.readouterr().err
+    assert not store.exists()
+    id_map.parent.mkdir()  # fixed, the same command runs again
+    assert main(["import-legacy", str(store), str(old_db), "--id-map", str(id_map)]) == 0
+    assert id_map.read_text().splitlines()[0] == "old_id,new_id"
+    assert sorted(p.name for p in id_map.parent.iterdir()) == ["ids.csv"]
+
+
+async def test_a_json_export_in_another_order_is_imported_in_old_id_order(old_db: Path, tmp_path: Path) -> None:
+    exported = as_json_export(old_db, tmp_path / "backup.json")
+    document = json.loads(exported.read_text())
+    document["signals"].reverse()  # exported newest first
+    document["signal_processing"].reverse()
+    exported.write_text(json.dumps(document))
+    async with open_store(str(tmp_path / "new.db")) as log:
+        report = await import_legacy(log, exported)
+    assert report.id_map == {3: 1, 5: 2, 8: 3, 9: 4}
+    assert report.pushed == 1
+
+
+async def test_a_repeated_push_to_the_same_page_is_one_push_as_in_the_facade(tmp_path: Path) -> None:
+    processing = [
+        (1, 3, "pushed", "page-acme", None, '{"score": 7}', "2026-01-05T10:05:00"),
+        (2, 3, "pushed", "page-acme", None, '{"score": 7, "attempt": 2}', "2026-01-05T10:06:00"),  # a retry
+    ]
+    old = make_old_db(tmp_path / "old.db", processing=processing)
+    async with open_store(str(tmp_path / "new.db")) as log:
+        report = await import_legacy(log, old)
+        pushes = [e async for e in log.read_all(types=["SignalPushed"])]
+    assert report.pushed == 1
+    assert [(e.data.metadata, e.metadata["legacy_id"]) for e in pushes] == [({"score": 7}, 1)]  # type: ignore[attr-defined]
+
+
+def test_text_that_is_not_utf8_names_its_table_and_row(tmp_path: Path) -> None:
+    old = make_old_db(tmp_path / "old.db")
+    with sqlite3.connect(old) as conn:
+        conn.execute("UPDATE signals SET company_name = CAST(X'41FF' AS TEXT) WHERE id = 5")
+    with pytest.raises(InvalidEvent, match=r"signals row id=5: company_name is not UTF-8 text"):
+        read_legacy(old)
+
+
+def test_the_command_a_refusal_suggests_works_for_a_file_uri(
+    capsys: pytest.CaptureFixture[str], old_db: Path, tmp_path: Path
+) -> None:
+    assert main(["status", f"file:{old_db}"]) == 1
+    suggested = capsys.readouterr().err.split("with: ", 1)[1].split()
+    assert suggested[:3] == ["eventstore", "import-legacy", "NEW.db"]
+    assert main(["import-legacy", str(tmp_path / "new.db"), *suggested[3:]]) == 0, capsys.readouterr().err
+
+
+async def test_one_detection_stored_twice_maps_both_old_ids_to_it(tmp_path: Path) -> None:
+    """The old UNIQUE compared text: one instant spelt two ways got in twice. As with save_signal, the first
+    detection stands, and both old ids name it."""
+    signals = [*one_signal(id=1), *one_signal(id=2, detected_at="2026-01-05T10:00:00+00:00", confidence=0.9)]
+    old = make_old_db(tmp_path / "old.db", signals=signals, processing=[(1, 2, "rejected", None, "dup", None, None)])
+    async with open_store(str(tmp_path / "new.db")) as log:
+        report = await import_legacy(log, old)
+    assert (report.signals, report.merged, report.rejected, report.pending) == (1, 1, 1, 0)
+    assert report.id_map == {1: 1, 2: 1}

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from typing import IO
 
 import anyio
 import msgspec
 
 from eventstore.cli._common import (
+    CliError,
     add_json,
     add_store,
     command_main,
@@ -18,7 +22,7 @@ from eventstore.cli._common import (
     emit_json,
     open_log,
     progress_bar,
-    removed_if_failed,
+    store_to_fill,
 )
 from eventstore.legacy import import_legacy, read_legacy
 
@@ -39,13 +43,15 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 async def run(args: argparse.Namespace) -> int:
     data = await anyio.to_thread.run_sync(read_legacy, args.file)  # a bad file fails before a store is made
-    with removed_if_failed(args.store):
-        async with open_log(args.store, create=True) as log:
-            with progress_bar("importing") as bar:
-                report = await import_legacy(log, data, actor=args.actor, progress=bar)
-    if args.id_map:
-        with open(args.id_map, "w", newline="") as out:  # noqa: ASYNC230 -- a small CSV after the import
-            writer = csv.writer(out)
+    with contextlib.ExitStack() as stack:
+        # Opened first: a path that cannot be written fails before the import, not after its commit.
+        id_map = stack.enter_context(_written_or_removed(args.id_map)) if args.id_map else None
+        with store_to_fill(args.store) as store:
+            async with open_log(store, create=True) as log:
+                with progress_bar("importing") as bar:
+                    report = await import_legacy(log, data, actor=args.actor, progress=bar)
+        if id_map is not None:
+            writer = csv.writer(id_map)
             writer.writerow(("old_id", "new_id"))
             writer.writerows(report.id_map.items())
     if args.json:
@@ -56,11 +62,30 @@ async def run(args: argparse.Namespace) -> int:
         f"{report.pending} pending) and {report.suppression} suppression entries as {report.events} events "
         f"(head position {report.head_position}); projections rebuilt"
     )
+    if report.merged:
+        console().print(f"note: {report.merged} signal rows repeated an earlier row's detection; both ids map to it")
     if report.naive_times:
         console().print(f"note: {report.naive_times} times without a time zone were read as UTC")
     if report.id_map and any(old != new for old, new in report.id_map.items()):
         console().print("note: signal ids changed (an id is now its detection's position); see --id-map")
     return 0
+
+
+@contextlib.contextmanager
+def _written_or_removed(path: str) -> Iterator[IO[str]]:
+    """A file to write ``path`` through: put in place if the block succeeds, removed if it fails."""
+    partial = f"{path}.partial"
+    try:
+        out = open(partial, "w", newline="")  # noqa: SIM115 -- closed below
+    except OSError as exc:
+        raise CliError(f"cannot write the id map {path}: {exc.strerror or exc}") from None
+    try:
+        with out:
+            yield out
+        os.replace(partial, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(partial)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
