@@ -477,11 +477,15 @@ class EventStore:
         seconds (calling ``on_wait`` once, before the first wait) and yields
         True once held; without, it yields whether it got the lock.
 
-        While held, the lock is checked every ``max(poll_interval, 1)`` seconds;
-        if it is lost (PostgreSQL: its connection ended, say the server
-        restarted), the block is cancelled, the lock released only once the
-        block has stopped, and :class:`WorkerLockLost` raised, so a holder never
-        goes on working beside the worker that took over. While waiting, a
+        While held, the lock is checked every ``max(poll_interval, 1)`` seconds,
+        and at once when PostgreSQL's lock session ends (the server restarted,
+        say): the block is cancelled, the lock released only once the block
+        has stopped, and :class:`WorkerLockLost` raised. The server frees a
+        session's lock the moment the session ends, so a standby may take it
+        during the few milliseconds the holder needs to hear of it (and, after
+        a network partition, until the holder's side notices); work that must
+        never overlap also needs a fence in the data it writes (projections
+        have one: the checkpoint guard). While waiting, a
         database error (a server restarting, say) is logged and retried.
         """
         self._check_open()
@@ -498,10 +502,16 @@ class EventStore:
 
             async def watch() -> None:
                 nonlocal lost
-                while True:  # polling: a lost connection signals nothing we could wait on
-                    await anyio.sleep(max(poll_interval, 1.0))
+                interval = max(poll_interval, 1.0)
+                while True:
+                    # Woken at once if the backend hears of a loss (PostgreSQL: the lock's session
+                    # ended); polled too, for what sends no word (a file lock, a silent network).
+                    with anyio.move_on_after(interval) as waited:
+                        await lock.wait_until_lost()
                     if not await lock.still_held():
                         break
+                    if not waited.cancelled_caught:
+                        await anyio.sleep(interval)  # a stale word: back to polling, no spinning
                 lost = True
                 holding.cancel()  # stop the holder's work: another worker may take over now
 

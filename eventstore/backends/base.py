@@ -98,6 +98,14 @@ class WorkerLock(abc.ABC):
     async def still_held(self) -> bool:
         """True while this handle holds the lock; False once it is lost (e.g. its connection ended)."""
 
+    async def wait_until_lost(self) -> None:
+        """Return as soon as the backend learns the lock may be lost (a hint: ask :meth:`still_held`).
+
+        By default it never does (a file lock is lost with its process only):
+        the holder then learns of a loss by polling :meth:`still_held`.
+        """
+        await anyio.sleep_forever()
+
 
 class Backend(abc.ABC):
     """What a storage backend provides. One instance per open store."""

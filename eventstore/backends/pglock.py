@@ -51,6 +51,7 @@ class AdvisoryLock(WorkerLock):
         self._translated = translated
         self._conn: Any = None
         self._held = False
+        self._ended = anyio.Event()  # the current connection's session ended
 
     async def try_acquire(self) -> bool:
         if self._held and self._conn is not None and not self._conn.is_closed():
@@ -59,8 +60,15 @@ class AdvisoryLock(WorkerLock):
         with self._translated("cannot take a worker lock on"):
             if self._conn is None or self._conn.is_closed():
                 self._conn = await self._connect()
+                # The server frees the lock the moment the session ends; the holder hears of it when
+                # the socket closes (a server restart, a terminated backend), not at its next poll.
+                self._ended = ended = anyio.Event()
+                self._conn.add_termination_listener(lambda _conn: ended.set())
             self._held = bool(await self._conn.fetchval("SELECT pg_try_advisory_lock($1)", self._key))
         return self._held
+
+    async def wait_until_lost(self) -> None:
+        await self._ended.wait()
 
     async def still_held(self) -> bool:
         """The session lock lives as long as its connection: ask the server whether the session is still there."""
