@@ -36,7 +36,16 @@ T = TypeVar("T")
 Clock = Callable[[], int]
 Outcome = list[AppendResult] | BaseException  # one caller's share of a group commit
 # asyncpg reports a connection lost mid-statement as these PostgresError subclasses.
-CONNECTION_LOST = (asyncpg.PostgresConnectionError, asyncpg.exceptions.OperatorInterventionError)
+#: The session is gone (not QueryCanceledError, also an "operator intervention": a statement_timeout
+#: ends one statement of one caller, and the session goes on).
+CONNECTION_LOST = (
+    asyncpg.PostgresConnectionError,
+    asyncpg.exceptions.AdminShutdownError,
+    asyncpg.exceptions.CrashShutdownError,
+    asyncpg.exceptions.CannotConnectNowError,
+    asyncpg.exceptions.DatabaseDroppedError,
+    asyncpg.exceptions.IdleSessionTimeoutError,
+)
 #: The server gave up on a statement (lock_timeout, statement_timeout): not a reason to take another path.
 GIVING_UP = (asyncpg.exceptions.LockNotAvailableError, asyncpg.exceptions.QueryCanceledError)
 _COLUMNS = COLUMNS.split(", ")
