@@ -143,9 +143,10 @@ def tuples(records: list[Any]) -> list[Row]:
     return [tuple(record) for record in records]
 
 
-def cause(exc: BaseException, password: str | None) -> BaseException | None:
-    """Chain the driver error unless its text would reveal the password."""
-    if password and password in str(exc):
+def cause(exc: BaseException, secrets: Sequence[str]) -> BaseException | None:
+    """Chain the driver error unless its text would reveal a secret of the URL (a password)."""
+    text = str(exc)
+    if any(secret in text for secret in secrets):
         return None
     return exc
 

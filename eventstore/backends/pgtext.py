@@ -37,13 +37,23 @@ _TOKENS = re.compile(
 )
 
 
+#: Query parameters libpq reads as secrets: masked wherever a URL or an error is printed.
+SECRET_PARAMETERS = frozenset({"password", "sslpassword"})
+
+
 class Target(NamedTuple):
-    """Where to connect: the driver's DSN, the schema, and a printable name."""
+    """Where to connect: the driver's DSN, the schema, a printable name, and the secrets it must not show."""
 
     dsn: str
     schema: str
     display_name: str
-    password: str | None
+    secrets: tuple[str, ...]
+
+    def masked(self, text: str) -> str:
+        """``text`` with every secret of the URL replaced by ``***``."""
+        for secret in self.secrets:
+            text = text.replace(secret, "***")
+        return text
 
 
 def parse_url(url: str, schema: str | None = None) -> Target:
@@ -66,11 +76,13 @@ def parse_url(url: str, schema: str | None = None) -> Target:
     if parts.password is not None:
         user = quote(parts.username or "", safe="")
         netloc = f"{user}:***@{netloc.rpartition('@')[2]}"
-    # libpq also takes the password as a query parameter: masked there too.
-    in_query = [value for key, value in rest if key == "password"]
-    shown = [(key, "***" if key == "password" else value) for key, value in rest]
+    # libpq also takes the password (and an SSL key's passphrase) as query parameters: masked there too.
+    in_query = [value for key, value in rest if key in SECRET_PARAMETERS and value]
+    shown = [(key, "***" if key in SECRET_PARAMETERS else value) for key, value in rest]
     display = urlunsplit((parts.scheme, netloc, parts.path, urlencode([*shown, ("schema", chosen)], safe="*"), ""))
-    return Target(dsn, chosen, display, parts.password or (in_query[-1] if in_query else None) or None)
+    secrets = [parts.password, *in_query] if parts.password else in_query
+    # Longest first, so that a secret containing another is masked whole.
+    return Target(dsn, chosen, display, tuple(sorted(set(secrets), key=len, reverse=True)))
 
 
 def quote_ident(name: str) -> str:

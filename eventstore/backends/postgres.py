@@ -164,7 +164,7 @@ class PostgresBackend(Backend):
 
     async def open(self, log_migrations: MigrationSet) -> None:
         try:
-            with self._translated("cannot connect to"):
+            with self._translated("cannot connect to"), self._url_checked():
                 self._pool = await asyncpg.create_pool(
                     self._target.dsn,
                     min_size=self._pool_size[0],
@@ -181,6 +181,15 @@ class PostgresBackend(Backend):
         except BaseException:
             await self.aclose()
             raise
+
+    @contextlib.contextmanager
+    def _url_checked(self) -> Iterator[None]:
+        """The driver parses the URL when it first connects: a malformed one (a port ``54x2``) is named here."""
+        try:
+            yield
+        except ValueError as exc:
+            message = self._target.masked(str(exc))
+            raise DatabaseError(f"invalid PostgreSQL URL {self.display_name}: {message}") from None
 
     async def _refuse_missing(self) -> None:
         """With ``create=False``: a schema without an event log is a mistake (a typo), not a new store."""
@@ -203,18 +212,18 @@ class PostgresBackend(Backend):
         listener, self._listener = self._listener, None
         self._appended.set()
         try:
-            with anyio.CancelScope(shield=True):
-                if pool is not None:
-                    async with self._lock:  # a group in flight finishes on the appender first
+            if pool is not None:
+                with anyio.CancelScope(shield=True):
+                    async with self._lock:  # a group in flight finishes on the appender first (one statement)
                         await self._drop_appender(pool)
-                if listener is not None:
-                    with contextlib.suppress(Exception):
-                        await listener.close(timeout=5)
-                if pool is not None:
-                    await pool.close()  # waits for connections in use (a unit of work, say)
+            if listener is not None:
+                with contextlib.suppress(Exception):
+                    await listener.close(timeout=5)
+            if pool is not None:
+                await pool.close()  # waits for connections in use (a unit of work, a long read)
         except BaseException:
-            # Cut short (a plain asyncio cancellation gets through the shield): close the rest
-            # at once rather than leak it. Units of work still open lose their connection.
+            # Cut short (cancelled, a deadline): close the rest at once rather than wait or
+            # leak it. Units of work and reads still running lose their connection.
             if listener is not None and not listener.is_closed():
                 listener.terminate()
             if pool is not None:
@@ -234,13 +243,13 @@ class PostgresBackend(Backend):
         except EventStoreError:
             raise
         except asyncpg.PostgresError as exc:
-            raise self._driver_error(exc) from cause(exc, self._target.password)
+            raise self._driver_error(exc) from cause(exc, self._target.secrets)
         except (asyncpg.InterfaceError, asyncpg.InternalClientError, OSError, TimeoutError) as exc:
             # "closed" from the driver means this store's close only if the store is closing:
             # a connection the server ended mid-statement says "closed" too, on an open store.
             if self._pool is None and isinstance(exc, asyncpg.InterfaceError) and "closed" in str(exc).lower():
                 raise StoreClosed(f"the store on {self.display_name} is closed") from exc
-            raise self._error(DatabaseError, doing, exc) from cause(exc, self._target.password)
+            raise self._error(DatabaseError, doing, exc) from cause(exc, self._target.secrets)
 
     def _driver_error(self, exc: BaseException) -> EventStoreError:
         # Only a repeated event id is a duplicate; read models' own constraints are
@@ -253,9 +262,7 @@ class PostgresBackend(Backend):
 
     def _error(self, kind: type[EventStoreError], doing: str, exc: BaseException) -> EventStoreError:
         text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-        if self._target.password:
-            text = text.replace(self._target.password, "***")
-        return kind(f"PostgreSQL {doing} {self.display_name}: {text}")
+        return kind(f"PostgreSQL {doing} {self.display_name}: {self._target.masked(text)}")
 
     @contextlib.asynccontextmanager
     async def _pooled(self) -> AsyncIterator[Any]:
@@ -432,6 +439,7 @@ class PostgresBackend(Backend):
         # it reads anything. Taking the lock first in every writer is also what
         # keeps a unit of work that writes read rows and then appends from
         # deadlocking against another process's append updating those rows.
+        failure: BaseException | None = None
         async with self._lock, self._pooled() as conn:
             try:
                 await conn.execute(f"{BEGIN}; {self._writes.append_lock}")
@@ -442,25 +450,32 @@ class PostgresBackend(Backend):
             token = self._uow.set(uow)
             try:
                 yield
-            except BaseException:
+            except BaseException as exc:
                 self._uow.reset(token)
                 with anyio.CancelScope(shield=True):
                     await undo(conn, self.display_name)
-                raise
-            self._uow.reset(token)
-            with anyio.CancelScope(shield=True):
-                try:
-                    status = await conn.execute("COMMIT")
-                except BaseException:
-                    await undo(conn, self.display_name)
-                    raise
-            if status != "COMMIT":
-                # The server ended the transaction as failed (a statement in it was cancelled or
-                # failed and the body carried on): COMMIT then rolls back and says so.
-                raise DatabaseError(
-                    f"the unit of work on {self.display_name} was rolled back, not committed: "
-                    "a statement in it failed or was cancelled (nothing of it was written)"
-                )
+                _end_if_desynchronised(conn, exc)
+                failure = exc  # raised below, outside the boundary that translates the store's own errors
+            else:
+                self._uow.reset(token)
+                with anyio.CancelScope(shield=True):
+                    try:
+                        status = await conn.execute("COMMIT")
+                    except BaseException:
+                        await undo(conn, self.display_name)
+                        raise
+                if status != "COMMIT":
+                    # The server ended the transaction as failed (a statement in it was cancelled or
+                    # failed and the body carried on): COMMIT then rolls back and says so.
+                    raise DatabaseError(
+                        f"the unit of work on {self.display_name} was rolled back, not committed: "
+                        "a statement in it failed or was cancelled (nothing of it was written)"
+                    )
+        if failure is not None:
+            if isinstance(failure, _DRIVER_ERRORS):  # the driver's (from a statement of ours): translated
+                with self._translated():
+                    raise failure
+            raise failure  # the application's own (an OSError, a deadline): as it came, as on SQLite
         if uow.appended:
             self._notify()
 
@@ -555,12 +570,24 @@ class PostgresBackend(Backend):
                 if conn is not None:
                     conn.terminate()
                 return
+            except BaseException:  # cancelled while connecting or listening: the connection is nobody's
+                if conn is not None:
+                    conn.terminate()
+                raise
             if self._pool is None:  # closed while we connected
                 await conn.close()
                 return
+            # Its session ending (a server restart, a terminated backend) wakes the waiters: they
+            # read by position at once and listen again, instead of sleeping out their timeout.
+            conn.add_termination_listener(self._on_listener_lost)
             self._listener = conn
 
     def _on_notification(self, conn: Any, pid: int, channel: str, payload: str) -> None:
+        self._notify()
+
+    def _on_listener_lost(self, conn: Any) -> None:
+        if self._listener is conn:
+            self._listener = None
         self._notify()
 
     # -- schema and maintenance -----------------------------------------
@@ -633,6 +660,9 @@ def _ended(conn: Any) -> bool:
         return bool(conn.is_closed())
     except asyncpg.InterfaceError:  # already released by the pool
         return True
+
+
+_DRIVER_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError)
 
 
 def _end_if_desynchronised(conn: Any, exc: BaseException) -> None:
