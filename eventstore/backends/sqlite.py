@@ -160,6 +160,10 @@ class SqliteBackend(Backend):
         except (sqlite3.Error, EventStoreError) as exc:
             await self.aclose()
             raise DatabaseError(f"cannot open SQLite database {self.path}: {exc}") from exc
+        except BaseException:  # cancelled (the WAL switch waiting for another process, say): end the threads
+            with anyio.CancelScope(shield=True):
+                await self.aclose()
+            raise
         try:
             await self.migrate(log_migrations)
         except BaseException:
@@ -246,7 +250,22 @@ class SqliteBackend(Backend):
         Callers hold ``self._lock``. Tries inline first; if the write lock is
         held by another process, waits for it on the aiosqlite thread.
         """
+        if self._in_tx.get():
+            return await self._in_savepoint(work)
         return await self._run_writer(lambda conn, wait: self._transact(conn, work, wait))
+
+    async def _in_savepoint(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """``work`` in a savepoint of the open unit of work, rolled back if it fails or its caller is
+        cancelled: a cancelled append is then not committed by the unit behind the caller's back
+        (the thread runs on to its end; the savepoint decides)."""
+        self._inline(self._writer, _run, "SAVEPOINT es_write")
+        try:
+            result = await self._run_writer(lambda conn, wait: work(conn))
+        except BaseException:
+            self._inline(self._writer, _undo_savepoint)
+            raise
+        self._inline(self._writer, _run, "RELEASE es_write")
+        return result
 
     def _transact(self, conn: sqlite3.Connection, work: Callable[[sqlite3.Connection], T], wait: bool) -> T:
         if conn.in_transaction:
@@ -318,6 +337,13 @@ class SqliteBackend(Backend):
                 delay = min(delay * 2, 0.2)
 
     async def _read(self, fn: Callable[..., T], *args: Any) -> T:
+        # Inline reads never wait, so a loop of them (verify, a catch-up, an export) would
+        # starve the event loop: no timeouts, no cancellation, no other task. One turn
+        # every _MAX_UNYIELDED, as appends do.
+        now = time.monotonic()
+        if now - self._yielded_at > _MAX_UNYIELDED:
+            self._yielded_at = now
+            await asyncio.sleep(0)
         if self._in_tx.get():
             return self._inline(self._writer, fn, *args)
         if self._memory:
@@ -536,8 +562,10 @@ class SqliteBackend(Backend):
             sql += f" AND type IN ({', '.join('?' * len(types))})"
             params.extend(types)
         if stream_prefix:
-            sql += " AND stream >= ? AND stream < ?"
-            params.extend((stream_prefix, stream_prefix + "\U0010ffff"))
+            # GLOB (case-sensitive, so SQLite bounds it on the index by its literal start), not a
+            # range ending at prefix + U+10FFFF, which sorts below prefix + U+10FFFF + more.
+            sql += " AND stream GLOB ?"
+            params.append(_glob_literal(stream_prefix) + "*")
         sql += " ORDER BY position LIMIT ?"
         params.append(limit)
         return await self._read(fetchall, sql, params)
@@ -575,6 +603,7 @@ class SqliteBackend(Backend):
     # -- schema and maintenance -----------------------------------------
 
     async def migrate(self, migrations: MigrationSet) -> list[str]:
+        self._refuse_in_unit("a migration")
         applied: list[str] = []
         while True:
             async with self._lock:
@@ -609,19 +638,33 @@ class SqliteBackend(Backend):
         # interrupts the statement): the store is not handed on while one runs.
         steps = ["ANALYZE", "PRAGMA optimize"] + (["VACUUM"] if vacuum else [])
         steps += [] if self._memory else ["PRAGMA wal_checkpoint(TRUNCATE)"]
+        self._refuse_in_unit("maintenance")
         async with self._lock:
             for sql in steps:
                 await self._on_thread(functools.partial(self._maintenance_step, sql), interrupt=True)
+
+    def _refuse_in_unit(self, what: str) -> None:
+        """The unit of work holds the writer: waiting for it from inside would wait for ever."""
+        if self._in_tx.get():
+            raise EventStoreError(f"{what} cannot run inside a unit of work on {self.path}: run it outside")
 
     def _maintenance_step(self, sql: str, conn: sqlite3.Connection, wait: bool) -> None:
         # A cancellation that came while the step waited in the thread's queue: nothing
         # to interrupt yet (SQLite forgets an interrupt() made between statements).
         if self._abandon is not None and self._abandon.is_set():
             raise _Abandoned
-        if sql == "VACUUM":
-            self._retrying(lambda: _run(conn, sql), "vacuum")
-        else:
-            _run(conn, sql)
+        # Every step may need the write lock another process holds (the writer's busy timeout is 0).
+        self._retrying(lambda: _run(conn, sql), sql.lower())
+
+
+def _undo_savepoint(conn: sqlite3.Connection) -> None:
+    conn.execute("ROLLBACK TO es_write")
+    conn.execute("RELEASE es_write")
+
+
+def _glob_literal(text: str) -> str:
+    """``text`` as a GLOB pattern matching itself: its wildcards each in a one-character class."""
+    return "".join(f"[{char}]" if char in "*?[" else char for char in text)
 
 
 def _run(conn: sqlite3.Connection, sql: str) -> None:

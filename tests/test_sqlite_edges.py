@@ -1,0 +1,237 @@
+"""SQLite at the edges (found in review): verify below position 1, reads that yield, maintenance while
+others write or inside a unit of work, a cancelled append in a unit of work, a cancelled open, odd prefixes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import anyio
+import pytest
+
+from eventstore import EventStore, RecordedEvent, SignalPushed, open_store
+from eventstore.model import GuardedBatch, Statement
+
+pytestmark = pytest.mark.anyio
+
+A = "company:domain:a.ai"
+
+
+def pushed(n: int) -> SignalPushed:
+    return SignalPushed(signal_id=n, notion_page_id=f"page-{n}")
+
+
+@contextlib.contextmanager
+def raw(path: str) -> Iterator[sqlite3.Connection]:
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
+def drop_triggers(conn: sqlite3.Connection) -> None:
+    for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = 'events'"):
+        conn.execute(f"DROP TRIGGER {name}")
+
+
+async def positions(log: EventStore) -> list[int]:
+    return [event.position async for event in log.read_all()]
+
+
+# -- 1. verify: rows outside 1..head are never looked at ------------------------------
+
+
+async def test_verify_catches_an_event_forged_at_position_zero(sqlite_path: str) -> None:
+    """An attacker (who, like in test_sqlite_backend's tamper tests, drops the triggers first) adds an event
+    at position 0 of a company's stream. read_stream serves it as part of the history; verify says ok."""
+    async with open_store(sqlite_path) as log:
+        for n in (1, 2, 3):
+            await log.append(A, [pushed(n)])
+    with raw(sqlite_path) as conn:
+        drop_triggers(conn)
+        conn.execute(
+            "INSERT INTO events (position, event_id, stream, version, type, schema_version, recorded_at, metadata, "
+            "data, hash) SELECT 0, randomblob(16), stream, 0, type, schema_version, recorded_at, metadata, "
+            "CAST(replace(CAST(data AS TEXT), 'page-1', 'page-FORGED') AS BLOB), zeroblob(32) "
+            "FROM events WHERE position = 1"
+        )
+    async with open_store(sqlite_path) as log:
+        history = [event.data async for event in log.read_stream(A, from_version=0)]
+        assert any(getattr(data, "notion_page_id", "") == "page-FORGED" for data in history)  # served as history
+        report = await log.verify()
+        assert not report.ok, report
+
+
+# -- 2. reads never yield: a verify (or read_all / export) starves the event loop ---------
+
+
+async def test_verify_of_a_multi_page_log_lets_other_tasks_run(sqlite_path: str) -> None:
+    async with open_store(sqlite_path) as log:
+        for start in range(0, 6000, 500):
+            await log.append(A, [pushed(n + 1) for n in range(start, start + 500)])
+        ticks = 0
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0)
+                ticks += 1
+
+        with anyio.fail_after(30):
+            task = asyncio.ensure_future(ticker())
+            await asyncio.sleep(0)
+            await asyncio.sleep(0)
+            before = ticks
+            report = await log.verify()  # 3 pages, ~6000 hashes and decodes
+            during = ticks - before
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        assert report.ok and report.events_checked == 6000
+
+        assert during > 0
+
+
+async def test_a_timeout_around_verify_fires(sqlite_path: str) -> None:
+    async with open_store(sqlite_path) as log:
+        for start in range(0, 6000, 500):
+            await log.append(A, [pushed(n + 1) for n in range(start, start + 500)])
+        with anyio.fail_after(30), pytest.raises(TimeoutError):
+            await asyncio.wait_for(log.verify(), 0.001)
+
+
+# -- 3. maintain() fails at once while another process writes -----------------------------
+
+
+async def test_maintain_waits_for_another_process_write_lock_instead_of_failing(sqlite_path: str) -> None:
+    async with open_store(sqlite_path) as log:
+        await log.append(A, [pushed(1)])
+        with raw(sqlite_path) as other:
+            other.execute("BEGIN IMMEDIATE")  # another process is appending for a moment
+            release = threading.Timer(0.3, other.execute, ("COMMIT",))
+            release.start()
+            try:
+                with anyio.fail_after(30):
+                    await log.maintain()
+            finally:
+                release.join()
+
+
+# -- 4. maintain() / migrate() inside a unit of work wait for themselves forever -----------
+
+
+async def test_maintain_inside_a_unit_of_work_does_not_hang(sqlite_path: str) -> None:
+    async with open_store(sqlite_path) as log:
+        await log.append(A, [pushed(1)])
+        with pytest.raises(Exception) as caught:  # any clear refusal will do, not a hang
+            async with log.transaction():
+                await log.append(A, [pushed(2)])
+                with anyio.fail_after(2):
+                    await log.maintain()
+        assert not isinstance(caught.value, TimeoutError), "maintain() waited for the unit's own lock"
+
+
+# -- 5. an append cancelled inside a unit of work is committed by the unit ------------------
+
+
+async def test_an_append_cancelled_inside_a_unit_of_work_is_not_committed_by_it(sqlite_path: str) -> None:
+    """Under FULL the append runs on the connection's thread; its caller is cancelled while it runs.
+    The savepoint is still open to the store, yet it is released and the unit commits events the
+    caller was told did not complete (PostgreSQL refuses such a unit's COMMIT instead)."""
+    entered, gate = threading.Event(), threading.Event()
+
+    def slow_hook(recorded: Sequence[RecordedEvent]) -> Sequence[GuardedBatch]:
+        entered.set()
+        gate.wait(10)
+        return []
+
+    async with open_store(sqlite_path, synchronous="FULL") as log:
+        await log.append(A, [pushed(1)])
+        with anyio.fail_after(20):
+            async with log.transaction():
+                log.set_inline_hook(slow_hook)
+                inner = asyncio.ensure_future(log.append(A, [pushed(2)]))
+                await anyio.to_thread.run_sync(entered.wait)
+                inner.cancel()
+                gate.set()
+                with pytest.raises(asyncio.CancelledError):
+                    await inner
+                log.set_inline_hook(None)
+                await log.append("company:domain:b.ai", [pushed(3)])
+
+        assert [e.data.signal_id async for e in log.read_all()] == [1, 3]  # type: ignore[attr-defined]
+
+
+# -- 6. a cancelled open() leaves its writer connection (a non-daemon thread) running --------
+
+
+async def test_an_open_cancelled_while_configuring_closes_its_connection(tmp_path: Path) -> None:
+    path = str(tmp_path / "events.db")
+    with raw(path) as other:
+        other.execute("CREATE TABLE unrelated (x)")  # a rollback-journal database another program writes to
+        other.execute("BEGIN IMMEDIATE")
+        other.execute("INSERT INTO unrelated VALUES (1)")
+        log = open_store(path, busy_timeout=5)
+        with anyio.move_on_after(0.3):
+            await log.open()  # waits to switch the file to WAL; cancelled meanwhile
+        writer = log.backend._writer  # type: ignore[attr-defined]
+        other.execute("ROLLBACK")
+    thread = writer._thread if writer is not None else None
+    if thread is not None:
+        await anyio.to_thread.run_sync(thread.join, 3)
+    left_running = thread is not None and thread.is_alive()
+    await log.aclose()  # (clean up for the rest of the suite)
+
+    assert not left_running
+
+
+# -- 7. stream_prefix misses streams whose next character is U+10FFFF -----------------------
+
+
+async def test_read_all_and_subscribe_by_prefix_return_every_stream_with_that_prefix(sqlite_path: str) -> None:
+    async with open_store(sqlite_path) as log:
+        await log.append("company:\U0010ffff-odd", [pushed(1)])
+        await log.append("company:domain:a.ai", [pushed(2)])
+        with anyio.fail_after(10):
+            async for event in log.subscribe(stream_prefix="company:"):
+                first_delivered = event.position
+                break
+        seen = [e.position async for e in log.read_all(stream_prefix="company:")]
+        assert (seen, first_delivered) == ([1, 2], 1)
+
+
+async def test_a_prefix_with_glob_wildcards_matches_only_itself(sqlite_path: str) -> None:
+    async with open_store(sqlite_path) as log:
+        for n, stream in enumerate(["a*b:1", "axb:2", "a?b:3", "a[b:4", "a[b]:5", "A*b:6"], start=1):
+            await log.append(stream, [pushed(n)])
+        for prefix, expected in [("a*b", [1]), ("a?b", [3]), ("a[b", [4, 5]), ("a[b]", [5]), ("a", [1, 2, 3, 4, 5])]:
+            assert [e.position async for e in log.read_all(stream_prefix=prefix)] == expected, prefix
+
+
+async def test_verify_catches_an_event_inserted_below_position_one_on_every_backend(store_url: str) -> None:
+    """On PostgreSQL nothing but the role's rights keeps a hand-written INSERT out (see app_role_sql)."""
+    async with open_store(store_url) as log:
+        for n in (1, 2):
+            await log.append(A, [pushed(n)])
+        if log.dialect == "postgresql":
+            copy = (
+                "INSERT INTO events (position, event_id, stream, version, type, schema_version, recorded_at, "
+                "metadata, data, hash) SELECT -1, decode(md5('x'), 'hex'), stream, 0, type, schema_version, "
+                "recorded_at, metadata, data, hash FROM events WHERE position = 1"
+            )
+            await log.apply([GuardedBatch(None, [Statement(copy)])])
+        else:
+            with raw(store_url) as conn:
+                drop_triggers(conn)
+                conn.execute(
+                    "INSERT INTO events SELECT -1, randomblob(16), stream, 0, type, schema_version, recorded_at, "
+                    "metadata, data, hash FROM events WHERE position = 1"
+                )
+        report = await log.verify()
+    assert (report.ok, report.first_bad_position) == (False, -1)
+    assert "below position 1" in (report.reason or "")
