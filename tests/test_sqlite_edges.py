@@ -5,38 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import anyio
 import pytest
 
-from eventstore import EventStore, RecordedEvent, SignalPushed, open_store
+from eventstore import EventStore, RecordedEvent, open_store
 from eventstore.model import GuardedBatch, Statement
+from tests.test_sqlite_backend import A, drop_triggers, pushed, raw
 
 pytestmark = pytest.mark.anyio
-
-A = "company:domain:a.ai"
-
-
-def pushed(n: int) -> SignalPushed:
-    return SignalPushed(signal_id=n, notion_page_id=f"page-{n}")
-
-
-@contextlib.contextmanager
-def raw(path: str) -> Iterator[sqlite3.Connection]:
-    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-    try:
-        yield conn
-    finally:
-        conn.close()
-
-
-def drop_triggers(conn: sqlite3.Connection) -> None:
-    for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = 'events'"):
-        conn.execute(f"DROP TRIGGER {name}")
 
 
 async def positions(log: EventStore) -> list[int]:
