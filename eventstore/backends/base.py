@@ -315,6 +315,10 @@ def _uuid(raw: bytes) -> str:
     return str(uuid.UUID(bytes=raw))
 
 
+#: How often wait_out looks at the anyio scopes around it while the work runs (seconds).
+_LOOK_AGAIN = 0.05
+
+
 async def wait_out(
     work: asyncio.Future[Any], on_cancel: Callable[[], None] | None = None
 ) -> asyncio.CancelledError | None:
@@ -325,12 +329,24 @@ async def wait_out(
     it came: ``asyncio.timeout()`` and ``TaskGroup`` recognise only their own.
     """
     cancelled: asyncio.CancelledError | None = None
+    told = False
     while not work.done():
+        # An anyio scope around us (a deadline, a cancel()) cannot reach into the shield: look
+        # at it between short waits, so that ``on_cancel`` is told at once all the same.
+        if not told and on_cancel is not None and anyio.current_effective_deadline() <= anyio.current_time():
+            on_cancel()
+            told = True
         try:
             with anyio.CancelScope(shield=True):
-                await asyncio.wait((work,))  # unlike awaiting it, never cancels the work
+                await asyncio.wait((work,), timeout=_LOOK_AGAIN)  # unlike awaiting it, never cancels the work
         except asyncio.CancelledError as exc:
             cancelled = cancelled or exc
-            if on_cancel is not None:
+            if on_cancel is not None and not told:
                 on_cancel()
+                told = True
+    if told and cancelled is None:
+        try:  # the anyio cancellation, raised here where the caller can hand it on as it came
+            await anyio.lowlevel.checkpoint()
+        except asyncio.CancelledError as exc:
+            cancelled = exc
     return cancelled

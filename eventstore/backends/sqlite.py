@@ -131,6 +131,8 @@ class SqliteBackend(Backend):
         # asyncio primitives, not anyio's: aiosqlite ties this backend to asyncio anyway, and
         # on the single-append path anyio.Lock costs ~6 µs per acquire+release against ~1 µs.
         self._lock = asyncio.Lock()
+        # Tasks of one unit of work appending at once: one savepoint (and its work) at a time.
+        self._savepoint_lock = asyncio.Lock()
         self._queue: list[_Pending] = []
         self._abandon: threading.Event | None = None  # set: the thread's caller gave up waiting for the lock
         self._writes = Writes(path)
@@ -147,12 +149,15 @@ class SqliteBackend(Backend):
 
     async def open(self, log_migrations: MigrationSet) -> None:
         if not self._memory:
-            refused = await anyio.to_thread.run_sync(foreign_schema, self.path, self.busy_timeout)
+            # Its own read-only connection: abandoned (left to time out) if we are cancelled.
+            check = functools.partial(foreign_schema, self.path, self.busy_timeout)
+            refused = await anyio.to_thread.run_sync(check, abandon_on_cancel=True)
             if refused is not None:
                 raise SchemaVersionError(refused)
         try:
             self._writer = await self._connect(busy_timeout=0.0)
-            await self._thread(self._writer, self._configure, True)
+            # Through _on_thread: a cancellation stops the WAL switch waiting for another process.
+            await self._on_thread(lambda conn, wait: self._configure(conn, True))
             if not self._memory:
                 self._reader = await self._connect(busy_timeout=self.busy_timeout)
                 await self._thread(self._reader, self._configure, False)
@@ -258,14 +263,15 @@ class SqliteBackend(Backend):
         """``work`` in a savepoint of the open unit of work, rolled back if it fails or its caller is
         cancelled: a cancelled append is then not committed by the unit behind the caller's back
         (the thread runs on to its end; the savepoint decides)."""
-        self._inline(self._writer, _run, "SAVEPOINT es_write")
-        try:
-            result = await self._run_writer(lambda conn, wait: work(conn))
-        except BaseException:
-            self._inline(self._writer, _undo_savepoint)
-            raise
-        self._inline(self._writer, _run, "RELEASE es_write")
-        return result
+        async with self._savepoint_lock:
+            self._inline(self._writer, _run, "SAVEPOINT es_write")
+            try:
+                result = await self._run_writer(lambda conn, wait: work(conn))
+            except BaseException:
+                self._inline(self._writer, _undo_savepoint)
+                raise
+            self._inline(self._writer, _run, "RELEASE es_write")
+            return result
 
     def _transact(self, conn: sqlite3.Connection, work: Callable[[sqlite3.Connection], T], wait: bool) -> T:
         if conn.in_transaction:

@@ -97,13 +97,20 @@ def foreign_schema(path: str, timeout: float) -> str | None:
 
 
 def _read_only_uri(path: str) -> str | None:
-    if not path.startswith("file:"):
-        return f"file:{urllib.parse.quote(os.path.abspath(path))}?mode=ro" if os.path.exists(path) else None
-    base, _, query = path.partition("?")
-    params = dict(urllib.parse.parse_qsl(query))
-    if params.get("mode") == "memory":
+    """A URI that reads ``path`` without writing beside it: ``immutable`` when it has no WAL to read
+    (a read-only connection to a WAL-mode file would create its -wal and -shm), else ``mode=ro``."""
+    if path.startswith("file:"):
+        base, _, query = path.partition("?")
+        params = dict(urllib.parse.parse_qsl(query))
+        if params.get("mode") == "memory":
+            return None
+        file = urllib.parse.unquote(urllib.parse.urlsplit(base).path)
+    elif os.path.exists(path):
+        base, params, file = f"file:{urllib.parse.quote(os.path.abspath(path))}", {}, path
+    else:
         return None
-    params["mode"] = "ro"
+    params.pop("mode", None)
+    params.update({"mode": "ro"} if os.path.exists(f"{file}-wal") else {"immutable": "1"})
     return f"{base}?{urllib.parse.urlencode(params)}"
 
 
