@@ -249,15 +249,23 @@ class _Reader:
             event = self.log.registry.decode(line.type, line.schema_version, data)
         except (msgspec.DecodeError, EventStoreError) as exc:
             raise self._fail(f"data does not decode as {line.type}: {exc}") from exc
-        if self.log.dialect == "postgresql" and b"\\u0000" in data:  # SQLite stores it; PostgreSQL cannot
-            where = nul_path(msgspec.to_builtins(event))
-            if where is not None:
-                raise self._fail(f"{line.type}.{where} {NUL_REFUSED}")
         self._check_metadata(metadata)
+        if self.log.dialect == "postgresql":  # SQLite stores NUL (older logs may hold one); PostgreSQL cannot
+            self._refuse_nul(line, event, data, metadata)
         self.position, self.previous_hash, self.last_recorded = line.position, stored_hash, recorded
         self.versions[line.stream] = line.version
         self.count += 1
         return row
+
+    def _refuse_nul(self, line: _Line, event: Any, data: bytes, metadata: bytes) -> None:
+        if "\x00" in line.stream:
+            raise self._fail(f"the stream name {NUL_REFUSED}")
+        for what, raw, value in (("data", data, event), ("metadata", metadata, None)):
+            if b"\\u0000" in raw:
+                where = nul_path(msgspec.to_builtins(value) if value is not None else decode_metadata(raw))
+                if where is not None:
+                    label = f"{line.type}.{where}" if what == "data" else f"metadata.{where}"
+                    raise self._fail(f"{label} {NUL_REFUSED}")
 
     def _check_metadata(self, metadata: bytes) -> None:
         """Metadata as an append would have written it: a JSON object, its envelope keys strings or null."""

@@ -26,12 +26,14 @@ from eventstore.backends import backend_for
 from eventstore.backends.base import Backend, PreparedAppend, PreparedEvent, WorkerLock
 from eventstore.codec import (
     GENESIS_HASH,
+    NUL_REFUSED,
     EventRegistry,
     Upcaster,
     chain_hash,
     encode_metadata,
     new_correlation_id,
     new_event_id_bytes,
+    nul_path,
     signal_event_id_bytes,
     to_micros,
 )
@@ -246,7 +248,12 @@ class EventStore:
         if ids is not None and len(ids) != len(events):
             raise InvalidEvent(f"{len(ids)} event_ids given for {len(events)} events", field="event_ids")
         meta = self._metadata(request.metadata, correlation_id)
-        return stream, events, expected, ids, meta, encode_metadata(meta)
+        meta_bytes = encode_metadata(meta)
+        if b"\\u0000" in meta_bytes:  # rare: then look for a real NUL (see EventRegistry.encode)
+            nul_at = nul_path(meta)
+            if nul_at is not None:
+                raise InvalidEvent(f"invalid metadata.{nul_at}: {NUL_REFUSED}", field=nul_at.split(".", 1)[0])
+        return stream, events, expected, ids, meta, meta_bytes
 
     def _prepare_events(
         self, events: Sequence[Event], ids: Sequence[uuid.UUID] | None, meta: dict[str, Any], meta_bytes: bytes
