@@ -10,13 +10,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 
 from eventstore import EventStoreError, IntegrityViolation, SuppressionEntry, backup, open_store, signal_store
 from eventstore.backup import export_log, import_log, restore
 from eventstore.codec import GENESIS_HASH, chain_hash, to_micros
 from eventstore.schema import LOG_MIGRATIONS
-from tests.conftest import FakeClock
+from tests.conftest import FakeClock, detected
 
 pytestmark = pytest.mark.anyio
 
@@ -224,3 +225,43 @@ async def test_imported_log_accepts_new_appends_on_its_chain(tmp_path: Path) -> 
         new_id = await store.save_signal("sec", "sec", "domain:new.io", "New", 0.7)
         assert new_id == 16
         assert (await store.log.verify()).ok
+
+
+async def test_an_import_into_postgresql_names_the_line_of_a_nul_in_metadata_and_writes_nothing(
+    tmp_path: Path, postgres_store_url: str
+) -> None:
+    """A SQLite log written before NUL was refused in metadata: the import into PostgreSQL names the line
+    and writes nothing (it used to commit, then fail in the projection rebuild for good)."""
+    source = str(tmp_path / "source.db")
+    async with open_store(source) as src:
+        await src.append("company:domain:acme.ai", [detected()])
+        out = io.BytesIO()
+        await export_log(src, out)
+
+    def nul_in_actor(events: list[dict[str, Any]]) -> None:
+        events[0]["metadata"]["actor"] = "ops\x00bot"
+
+    data = b"".join(_forged(_lines(out.getvalue()), nul_in_actor))
+    async with open_store(postgres_store_url) as log:
+        with anyio.fail_after(30), pytest.raises(IntegrityViolation, match=r"line 2: metadata.actor contains a NUL"):
+            await restore(log, io.BytesIO(data))
+        assert await log.head_position() == 0
+
+
+async def test_an_import_into_postgresql_names_the_line_of_a_nul_in_a_stream_name(
+    tmp_path: Path, postgres_store_url: str
+) -> None:
+    """Stream names with NUL were accepted on SQLite before: an older export holding one names its line."""
+    source = str(tmp_path / "source.db")
+    async with open_store(source) as src:
+        await src.append("company:domain:acme.ai", [detected()])
+        out = io.BytesIO()
+        await export_log(src, out)
+
+    def nul_in_stream(events: list[dict[str, object]]) -> None:
+        events[0]["stream"] = "company:a\x00b"
+
+    data = b"".join(_forged(_lines(out.getvalue()), nul_in_stream))
+    async with open_store(postgres_store_url) as log:
+        with anyio.fail_after(30), pytest.raises(IntegrityViolation, match="line 2"):
+            await restore(log, io.BytesIO(data))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any, ClassVar
 
+import anyio
 import msgspec
 import pytest
 
@@ -18,6 +19,8 @@ from eventstore import (
     company_stream,
 )
 from eventstore.events import Event
+from projections import ProjectionRunner
+from projections.search import default_projections
 from tests.conftest import detected
 
 pytestmark = pytest.mark.anyio
@@ -199,3 +202,17 @@ def test_events_are_frozen_and_tagged() -> None:
 
 def test_company_stream_is_company_prefixed() -> None:
     assert company_stream("domain:acme.ai") == "company:domain:acme.ai"
+
+
+async def test_a_nul_in_metadata_is_refused_like_one_in_the_event(log: EventStore) -> None:
+    """The actor lands in a TEXT column of the signals read model: on PostgreSQL an accepted NUL there would
+    commit and then fail the projection for ever."""
+    with anyio.fail_after(20):
+        try:
+            await log.append("company:domain:acme.ai", [detected()], metadata={"actor": "ops\x00bot"})
+        except InvalidEvent:
+            return
+        runner = ProjectionRunner(log, default_projections())
+        await runner.start(inline=False)
+        await runner.rebuild()  # PostgreSQL: DatabaseError invalid byte sequence for encoding "UTF8": 0x00
+    pytest.fail("a NUL in metadata.actor was accepted (not portable to PostgreSQL)")

@@ -7,11 +7,13 @@ import datetime as dt
 import hashlib
 import importlib
 import json
+import os
 import shutil
 import sqlite3
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 
 from eventstore import (
@@ -25,7 +27,7 @@ from eventstore import (
 )
 from eventstore.cli import main
 from eventstore.legacy import LegacyReport, import_legacy, read_legacy
-from tests.conftest import FakeClock
+from tests.conftest import FakeClock, detected
 
 pytestmark = pytest.mark.anyio
 legacy_cli = importlib.import_module("eventstore.cli.import_legacy")
@@ -504,3 +506,24 @@ async def test_one_detection_stored_twice_maps_both_old_ids_to_it(tmp_path: Path
         report = await import_legacy(log, old)
     assert (report.signals, report.merged, report.rejected, report.pending) == (1, 1, 1, 0)
     assert report.id_map == {1: 1, 2: 1}
+
+
+async def test_an_import_into_a_new_path_is_not_replaced_by_a_wal_left_there(tmp_path: Path) -> None:
+    """A -wal left by a deleted store (its app crashed, the user removed events.db to start again) would be
+    replayed into the store put in place: the import refuses, naming it, and writes nothing."""
+    source, target, dump = (str(tmp_path / name) for name in ("src.db", "events.db", "dump.jsonl"))
+    async with open_store(source) as src:
+        for n in range(5):
+            await src.append(f"company:domain:c{n}.ai", [detected(f"domain:c{n}.ai")])
+    async with open_store(target) as old:  # the old events.db, whose WAL its crashed app never checkpointed
+        for n in range(50):
+            await old.append(f"company:domain:old{n}.ai", [detected(f"domain:old{n}.ai")])
+        shutil.copy(target + "-wal", str(tmp_path / "saved-wal"))
+    os.remove(target)  # "start again from the backup"
+    os.rename(str(tmp_path / "saved-wal"), target + "-wal")
+
+    with anyio.fail_after(60):
+        assert await anyio.to_thread.run_sync(main, ["export", source, dump]) == 0
+        assert await anyio.to_thread.run_sync(main, ["import", target, dump]) == 1
+    left = sorted(name for name in os.listdir(tmp_path) if name.startswith(("events.db", ".events.db")))
+    assert left == ["events.db-wal"]  # nothing put in place, nothing left behind; the leftover is the user's

@@ -209,7 +209,41 @@ async def test_a_lost_listener_wakes_its_waiters_and_is_replaced(postgres_store_
 
 async def test_a_malformed_url_is_one_clear_error(postgres_store_url: str) -> None:
     url = postgres_store_url.replace(":5432/", ":54x2/") + "&password=hunter2"
-    with anyio.fail_after(10), pytest.raises(DatabaseError, match="invalid PostgreSQL URL") as caught:
+    with anyio.fail_after(10), pytest.raises(DatabaseError, match="URL or connection option") as caught:
         async with open_store(url):
             pass
     assert "hunter2" not in str(caught.value)
+
+
+async def test_a_close_under_a_deadline_does_not_wait_for_a_unit_of_work(postgres_store_url: str) -> None:
+    """A unit of work holds the append lock for its whole body: the close's wait for it is cancellable."""
+    log = await open_store(postgres_store_url).open()
+    begun = anyio.Event()
+    try:
+        with anyio.fail_after(30):
+            async with anyio.create_task_group() as tg:
+
+                async def unit() -> None:
+                    with contextlib.suppress(Exception):
+                        async with log.transaction():
+                            await log.append("s:a", [pushed(1)])
+                            begun.set()
+                            await log.query("SELECT pg_sleep(6)")  # a long statement in the unit
+
+                tg.start_soon(unit)
+                await begun.wait()
+                started = time.monotonic()
+                with anyio.move_on_after(1):
+                    await log.aclose()
+                elapsed = time.monotonic() - started
+    finally:
+        await log.aclose()
+    assert elapsed < 3, f"aclose() under a 1 s deadline took {elapsed:.1f} s"
+
+
+async def test_a_bad_connection_option_is_named_as_such(postgres_store_url: str) -> None:
+    """A mistake in the options (an int server setting) is not blamed on the URL alone."""
+    with anyio.fail_after(10), pytest.raises(DatabaseError, match="URL or connection option") as caught:
+        async with open_store(postgres_store_url, server_settings={"statement_timeout": 300}):
+            pass
+    assert "server_settings" in str(caught.value)

@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import anyio
 import pytest
 
-from eventstore import EventStore, RecordedEvent, open_store
+from eventstore import EventStore, RecordedEvent, SchemaVersionError, WrongExpectedVersion, open_store
 from eventstore.model import GuardedBatch, Statement
 from tests.test_sqlite_backend import A, drop_triggers, pushed, raw
 
@@ -215,3 +217,61 @@ async def test_verify_catches_an_event_inserted_below_position_one_on_every_back
         report = await log.verify()
     assert (report.ok, report.first_bad_position) == (False, -1)
     assert "below position 1" in (report.reason or "")
+
+
+@pytest.mark.parametrize("lock", ["BEGIN EXCLUSIVE", "BEGIN IMMEDIATE"])
+async def test_a_deadline_around_open_fires_on_time_while_another_process_holds_the_file(
+    tmp_path: Path, lock: str
+) -> None:
+    """EXCLUSIVE: the read-only pre-check waits for the lock on a thread (abandoned when cancelled).
+    IMMEDIATE: the WAL switch retries on the writer's thread (stopped when cancelled)."""
+    path = str(tmp_path / "events.db")
+    with raw(path) as other:
+        other.execute("CREATE TABLE unrelated (x)")
+        other.execute(lock)
+        other.execute("INSERT INTO unrelated VALUES (1)")
+        log = open_store(path, busy_timeout=4)
+        started = time.monotonic()
+        with anyio.fail_after(20), anyio.move_on_after(0.3):
+            await log.open()
+        elapsed = time.monotonic() - started
+        other.execute("ROLLBACK")
+    await log.aclose()
+    assert elapsed < 2, f"open() under a 0.3 s deadline returned after {elapsed:.1f} s"
+
+
+async def test_a_failed_append_in_a_unit_of_work_does_not_undo_a_concurrent_ones(sqlite_path: str) -> None:
+    """Under FULL the work runs on the thread: two tasks of one unit must not interleave their savepoints,
+    or the failing one's ROLLBACK TO undoes its neighbour's append, reported as done."""
+    async with open_store(sqlite_path, synchronous="FULL") as log:
+        await log.append("s:a", [pushed(1)])
+        results: dict[str, object] = {}
+
+        async def append(name: str, stream: str, expected: int) -> None:
+            try:
+                results[name] = await log.append(stream, [pushed(2)], expected_version=expected)
+            except WrongExpectedVersion as exc:
+                results[name] = exc
+
+        with anyio.fail_after(20):
+            async with log.transaction(), anyio.create_task_group() as tg:
+                tg.start_soon(append, "bad", "s:a", 5)  # wrong expected version: fails, writes nothing
+                tg.start_soon(append, "good", "s:b", 0)
+        assert isinstance(results["bad"], WrongExpectedVersion)
+        good = results["good"]
+        assert not isinstance(good, BaseException) and good.positions == [2]  # type: ignore[attr-defined]
+        assert [e.stream async for e in log.read_all()] == ["s:a", "s:b"]
+
+
+async def test_refusing_the_old_layers_wal_database_leaves_its_directory_as_it_was(tmp_path: Path) -> None:
+    """A read-only connection to a WAL-mode file would create its -wal and -shm: the check reads it immutable."""
+    path = tmp_path / "signals.db"
+    with raw(str(path)) as conn:
+        conn.execute("PRAGMA journal_mode=WAL")
+        for table in ("signals", "signal_processing", "suppression_cache"):
+            conn.execute(f"CREATE TABLE {table} (id INTEGER PRIMARY KEY)")
+    before = sorted(os.listdir(tmp_path))
+    with anyio.fail_after(10), pytest.raises(SchemaVersionError, match="replaced signal storage layer"):
+        async with open_store(str(path)):
+            pass
+    assert sorted(os.listdir(tmp_path)) == before

@@ -184,12 +184,13 @@ class PostgresBackend(Backend):
 
     @contextlib.contextmanager
     def _url_checked(self) -> Iterator[None]:
-        """The driver parses the URL when it first connects: a malformed one (a port ``54x2``) is named here."""
+        """The driver checks the URL and the connection options when it first connects: one that is
+        malformed (a port ``54x2``, a setting that is not a string) is named here."""
         try:
             yield
         except ValueError as exc:
-            message = self._target.masked(str(exc))
-            raise DatabaseError(f"invalid PostgreSQL URL {self.display_name}: {message}") from None
+            message = f"invalid PostgreSQL URL or connection option for {self.display_name}: {exc}"
+            raise DatabaseError(self._target.masked(message)) from None
 
     async def _refuse_missing(self) -> None:
         """With ``create=False``: a schema without an event log is a mistake (a typo), not a new store."""
@@ -213,8 +214,10 @@ class PostgresBackend(Backend):
         self._appended.set()
         try:
             if pool is not None:
-                with anyio.CancelScope(shield=True):
-                    async with self._lock:  # a group in flight finishes on the appender first (one statement)
+                # A group in flight finishes on the appender first; waiting for it (or for a
+                # unit of work holding the lock) is cancellable: then everything is cut below.
+                async with self._lock:
+                    with anyio.CancelScope(shield=True):
                         await self._drop_appender(pool)
             if listener is not None:
                 with contextlib.suppress(Exception):

@@ -108,6 +108,7 @@ def store_to_fill(url: str) -> Iterator[str]:
     if not _is_file_path(url) or os.path.exists(url):
         yield url
         return
+    _refuse_leftovers(url)
     directory, name = os.path.split(os.path.abspath(url))
     building = os.path.join(directory, f".{name}.importing-{os.getpid()}")
     try:
@@ -118,6 +119,7 @@ def store_to_fill(url: str) -> Iterator[str]:
         raise
     kept = f"{url} appeared while the import ran; the imported store is kept as {building}"
     try:
+        _refuse_leftovers(url, kept)
         os.link(building, url)
     except FileExistsError:
         raise CliError(kept) from None
@@ -127,6 +129,15 @@ def store_to_fill(url: str) -> Iterator[str]:
         os.rename(building, url)
         return
     os.remove(building)
+
+
+def _refuse_leftovers(url: str, kept: str | None = None) -> None:
+    """A ``-wal`` (or ``-shm``, ``-journal``) with no database beside it belongs to a deleted store:
+    SQLite would replay it into the file put in place, and the import would hold that store instead."""
+    left = [url + suffix for suffix in ("-wal", "-shm", "-journal") if os.path.exists(url + suffix)]
+    if left:
+        what = kept or "nothing was imported"
+        raise CliError(f"{', '.join(left)} left by a deleted store: remove them first ({what})")
 
 
 def _fold_wal(path: str) -> None:
