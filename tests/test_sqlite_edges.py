@@ -6,14 +6,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import sqlite3
 import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
 
+import eventstore.backends.sqlite as sqlite_backend
+import eventstore.backends.sqliteops as sqliteops
 from eventstore import EventStore, RecordedEvent, SchemaVersionError, WrongExpectedVersion, open_store
 from eventstore.model import GuardedBatch, Statement
 from tests.test_sqlite_backend import A, drop_triggers, pushed, raw
@@ -275,3 +279,106 @@ async def test_refusing_the_old_layers_wal_database_leaves_its_directory_as_it_w
         async with open_store(str(path)):
             pass
     assert sorted(os.listdir(tmp_path)) == before
+
+
+def _slow_appends(log: EventStore, seconds: float) -> None:
+    """Every append's work on the writer takes ``seconds`` (a slow disk under synchronous=FULL)."""
+    writes = log._backend._writes  # type: ignore[attr-defined]
+
+    def slowed(original: Any) -> Any:
+        def slow(*args: Any, **kwargs: Any) -> Any:
+            time.sleep(seconds)
+            return original(*args, **kwargs)
+
+        return slow
+
+    for name in ("append_items", "append_item"):  # a group; one append in a unit of work
+        setattr(writes, name, slowed(getattr(writes, name)))
+
+
+async def test_a_unit_committed_past_its_deadline_still_wakes_the_waiters(
+    sqlite_path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A commit that runs to its end past an anyio deadline is a commit: the waiters are woken."""
+    original = sqliteops.commit
+
+    def slow_commit(conn: sqlite3.Connection, wait: bool) -> None:
+        time.sleep(0.4)
+        original(conn, wait)
+
+    monkeypatch.setattr(sqlite_backend, "commit", slow_commit)
+    async with open_store(sqlite_path, synchronous="FULL") as log:
+        woke_after: list[float] = []
+
+        async def waiter() -> None:
+            started = time.monotonic()
+            await log.wait_for_append(5)
+            woke_after.append(time.monotonic() - started)
+
+        with anyio.fail_after(20):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(waiter)
+                await anyio.sleep(0.05)
+                with anyio.move_on_after(0.2):
+                    async with log.transaction():
+                        await log.append("s:a", [pushed(1)])
+        assert [e.stream async for e in log.read_all()] == ["s:a"]  # committed
+        assert woke_after[0] < 2, f"the waiter slept {woke_after[0]:.1f}s past a commit"
+
+
+async def test_an_append_that_completed_is_not_reported_as_cancelled(sqlite_path: str) -> None:
+    """A deadline that passes while the commit runs: the append committed, and its caller gets the result."""
+    async with open_store(sqlite_path, synchronous="FULL") as log:
+        _slow_appends(log, 0.4)
+        result = None
+        with anyio.fail_after(20):
+            with anyio.move_on_after(0.1) as scope:
+                result = await log.append("s:a", [pushed(1)])
+        assert [e.stream async for e in log.read_all()] == ["s:a"]  # it was written
+        assert result is not None, f"committed, but reported as cancelled (cancelled_caught={scope.cancelled_caught})"
+
+
+async def test_a_nested_transaction_beside_a_neighbours_append_under_full(sqlite_path: str) -> None:
+    """Under FULL a neighbour's append runs on the thread: the nested unit's SAVEPOINT waits for it, or it
+    would land inside the neighbour's savepoint and be dropped by its RELEASE ('no such savepoint')."""
+    async with open_store(sqlite_path, synchronous="FULL") as log:
+        _slow_appends(log, 0.1)
+
+        async def nested() -> None:
+            await anyio.sleep(0.02)  # the neighbour's append is on the thread by now
+            async with log.transaction():
+                await log.append("s:n", [pushed(1)])
+
+        with anyio.fail_after(20):
+            async with log.transaction(), anyio.create_task_group() as tg:
+                tg.start_soon(log.append, "s:a", [pushed(2)])
+                tg.start_soon(nested)
+        assert sorted([e.stream async for e in log.read_all()]) == ["s:a", "s:n"]
+
+
+async def test_the_pre_check_does_not_read_another_process_uncommitted_pages(tmp_path: Path) -> None:
+    """A rollback-journal database whose writer has spilled an uncommitted schema change (an events table)
+    is judged by its committed state: the check takes the locks whenever a journal exists."""
+    path = str(tmp_path / "signals.db")
+    other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    try:
+        other.execute("PRAGMA journal_mode=DELETE")
+        for i in range(100):  # sqlite_master spans several pages: its leaves get spilled
+            other.execute(f"CREATE TABLE pad_{i:03d}_{'x' * 200} (id INTEGER PRIMARY KEY)")
+        for table in ("signals", "signal_processing", "suppression_cache"):
+            other.execute(f"CREATE TABLE {table} (id INTEGER PRIMARY KEY)")
+        other.execute("PRAGMA cache_size=2")
+        other.execute("BEGIN")
+        other.execute("DROP TABLE signal_processing")
+        other.execute("CREATE TABLE events (position INTEGER PRIMARY KEY, data BLOB)")
+        for i in range(300):
+            other.execute("INSERT INTO events VALUES (?, zeroblob(4000))", (i,))
+        threading.Timer(0.5, other.execute, ("ROLLBACK",)).start()  # the other program changes its mind
+        with anyio.fail_after(20), pytest.raises(SchemaVersionError, match="replaced signal storage layer"):
+            async with open_store(path, busy_timeout=5):
+                pass
+    finally:
+        await anyio.sleep(0.6)
+        other.close()
+    with sqlite3.connect(path) as conn:
+        assert "events" not in {n for (n,) in conn.execute("SELECT name FROM sqlite_master")}

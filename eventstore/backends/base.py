@@ -344,8 +344,11 @@ async def wait_out(
             if on_cancel is not None and not told:
                 on_cancel()
                 told = True
-    if told and cancelled is None:
-        try:  # the anyio cancellation, raised here where the caller can hand it on as it came
+    if told and cancelled is None and work.exception() is not None:
+        # The work stopped for it (abandoned, interrupted): the anyio cancellation, raised here
+        # where the caller hands it on as it came. Work that ran to its end is reported as done,
+        # as before; the cancellation then comes at the caller's next checkpoint.
+        try:
             await anyio.lowlevel.checkpoint()
         except asyncio.CancelledError as exc:
             cancelled = exc

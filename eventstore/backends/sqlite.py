@@ -50,6 +50,7 @@ from eventstore.backends.filelock import FileLock, MemoryLock, lock_path
 from eventstore.backends.sqliteops import (
     CHECKPOINT_CHANGES,
     COLUMNS,
+    UNCHECKED,
     Checkpointer,
     checkpoint_first,
     commit,
@@ -57,6 +58,7 @@ from eventstore.backends.sqliteops import (
     fetchall,
     find_ids,
     foreign_schema,
+    foreign_tables,
     is_busy,
     migrate_one,
     rollback,
@@ -152,16 +154,25 @@ class SqliteBackend(Backend):
             # Its own read-only connection: abandoned (left to time out) if we are cancelled.
             check = functools.partial(foreign_schema, self.path, self.busy_timeout)
             refused = await anyio.to_thread.run_sync(check, abandon_on_cancel=True)
-            if refused is not None:
+            if refused:
                 raise SchemaVersionError(refused)
         try:
             self._writer = await self._connect(busy_timeout=0.0)
+            if not self._memory and refused == UNCHECKED:  # unreadable read-only: ask the writer, first
+                refused = await self._on_thread(
+                    lambda conn, wait: self._retrying(lambda: foreign_tables(conn, self.path), "read the schema")
+                )
+                if refused:
+                    raise SchemaVersionError(refused)
             # Through _on_thread: a cancellation stops the WAL switch waiting for another process.
             await self._on_thread(lambda conn, wait: self._configure(conn, True))
             if not self._memory:
                 self._reader = await self._connect(busy_timeout=self.busy_timeout)
                 await self._thread(self._reader, self._configure, False)
                 self._checkpointer = Checkpointer(self.path, self.synchronous, self._checkpoint_done)
+        except SchemaVersionError:
+            await self.aclose()
+            raise
         except (sqlite3.Error, EventStoreError) as exc:
             await self.aclose()
             raise DatabaseError(f"cannot open SQLite database {self.path}: {exc}") from exc
@@ -539,17 +550,26 @@ class SqliteBackend(Backend):
 
     @contextlib.asynccontextmanager
     async def _savepoint(self, name: str, depth: int) -> AsyncIterator[None]:
-        self._inline(self._writer, lambda c: c.execute(f"SAVEPOINT {name}"))
+        # Its statements wait for another task's write in flight (on the thread, under FULL):
+        # opened inside that write's savepoint, it would be dropped by that write's RELEASE.
+        async with self._savepoint_lock:
+            self._inline(self._writer, lambda c: c.execute(f"SAVEPOINT {name}"))
         token = self._in_tx.set(depth + 1)
         try:
             yield
         except BaseException:
-            # Not executescript: in Python < 3.12 it COMMITs the pending transaction first.
-            self._inline(self._writer, lambda c: (c.execute(f"ROLLBACK TO {name}"), c.execute(f"RELEASE {name}")))
-            raise
-        finally:
             self._in_tx.reset(token)
-        self._inline(self._writer, lambda c: c.execute(f"RELEASE {name}"))
+            with anyio.CancelScope(shield=True):  # the rollback must happen: the wait is one write at most
+                await self._savepoint_lock.acquire()
+            try:
+                # Not executescript: in Python < 3.12 it COMMITs the pending transaction first.
+                self._inline(self._writer, lambda c: (c.execute(f"ROLLBACK TO {name}"), c.execute(f"RELEASE {name}")))
+            finally:
+                self._savepoint_lock.release()
+            raise
+        self._in_tx.reset(token)
+        async with self._savepoint_lock:
+            self._inline(self._writer, lambda c: c.execute(f"RELEASE {name}"))
 
     async def apply(self, batches: Sequence[GuardedBatch]) -> list[bool]:
         if self._in_tx.get():

@@ -28,6 +28,7 @@ __all__ = (
     "COLUMNS",
     "ID_CHUNK",
     "INSERT",
+    "UNCHECKED",
     "Checkpointer",
     "StateCache",
     "checkpoint_first",
@@ -36,6 +37,7 @@ __all__ = (
     "fetchall",
     "find_ids",
     "foreign_schema",
+    "foreign_tables",
     "is_busy",
     "migrate_one",
     "read_state",
@@ -89,16 +91,22 @@ def foreign_schema(path: str, timeout: float) -> str | None:
     try:
         conn = sqlite3.connect(uri, uri=True, timeout=timeout)
         try:
-            return _foreign_tables(conn, path)
+            return foreign_tables(conn, path)
         finally:
             conn.close()
     except sqlite3.Error:
-        return None
+        return UNCHECKED
+
+
+#: What :func:`foreign_schema` says when it could not read the file (a hot journal a read-only
+#: connection cannot roll back, say): the store checks again on its writer, before changing anything.
+UNCHECKED = ""
 
 
 def _read_only_uri(path: str) -> str | None:
-    """A URI that reads ``path`` without writing beside it: ``immutable`` when it has no WAL to read
-    (a read-only connection to a WAL-mode file would create its -wal and -shm), else ``mode=ro``."""
+    """A URI that reads ``path`` without writing beside it: ``immutable`` when it has neither a WAL
+    nor a rollback journal (then the file holds only committed pages; a read-only connection to a
+    WAL-mode file would create its -wal and -shm), else ``mode=ro``, which takes the locks."""
     if path.startswith("file:"):
         base, _, query = path.partition("?")
         params = dict(urllib.parse.parse_qsl(query))
@@ -110,11 +118,12 @@ def _read_only_uri(path: str) -> str | None:
     else:
         return None
     params.pop("mode", None)
-    params.update({"mode": "ro"} if os.path.exists(f"{file}-wal") else {"immutable": "1"})
+    busy = os.path.exists(f"{file}-wal") or os.path.exists(f"{file}-journal")
+    params.update({"mode": "ro"} if busy else {"immutable": "1"})
     return f"{base}?{urllib.parse.urlencode(params)}"
 
 
-def _foreign_tables(conn: sqlite3.Connection, path: str) -> str | None:
+def foreign_tables(conn: sqlite3.Connection, path: str) -> str | None:
     tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type IN ('table', 'view')")}
     if "events" in tables:
         return None
