@@ -234,14 +234,12 @@ async def test_a_deadline_around_open_fires_on_time_while_another_process_holds_
         other.execute("CREATE TABLE unrelated (x)")
         other.execute(lock)
         other.execute("INSERT INTO unrelated VALUES (1)")
-        log = open_store(path, busy_timeout=4)
-        started = time.monotonic()
-        with anyio.fail_after(20), anyio.move_on_after(0.3):
+        log = open_store(path, busy_timeout=600)  # the bound below is far shorter than the busy timeout
+        with anyio.fail_after(20), anyio.move_on_after(0.3) as deadline:
             await log.open()
-        elapsed = time.monotonic() - started
         other.execute("ROLLBACK")
     await log.aclose()
-    assert elapsed < 2, f"open() under a 0.3 s deadline returned after {elapsed:.1f} s"
+    assert deadline.cancelled_caught
 
 
 async def test_a_failed_append_in_a_unit_of_work_does_not_undo_a_concurrent_ones(sqlite_path: str) -> None:
@@ -308,12 +306,11 @@ async def test_a_unit_committed_past_its_deadline_still_wakes_the_waiters(
 
     monkeypatch.setattr(sqlite_backend, "commit", slow_commit)
     async with open_store(sqlite_path, synchronous="FULL") as log:
-        woke_after: list[float] = []
+        woken = anyio.Event()
 
         async def waiter() -> None:
-            started = time.monotonic()
-            await log.wait_for_append(5)
-            woke_after.append(time.monotonic() - started)
+            await log.wait_for_append(600)  # unless woken, far past the bound below
+            woken.set()
 
         with anyio.fail_after(20):
             async with anyio.create_task_group() as tg:
@@ -323,7 +320,7 @@ async def test_a_unit_committed_past_its_deadline_still_wakes_the_waiters(
                     async with log.transaction():
                         await log.append("s:a", [pushed(1)])
         assert [e.stream async for e in log.read_all()] == ["s:a"]  # committed
-        assert woke_after[0] < 2, f"the waiter slept {woke_after[0]:.1f}s past a commit"
+        assert woken.is_set()
 
 
 async def test_an_append_that_completed_is_not_reported_as_cancelled(sqlite_path: str) -> None:
