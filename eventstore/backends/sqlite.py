@@ -285,16 +285,7 @@ class SqliteBackend(Backend):
             return result
 
     def _transact(self, conn: sqlite3.Connection, work: Callable[[sqlite3.Connection], T], wait: bool) -> T:
-        if conn.in_transaction:
-            conn.execute("SAVEPOINT es_write")
-            try:
-                result = work(conn)
-            except BaseException:
-                conn.execute("ROLLBACK TO es_write")
-                conn.execute("RELEASE es_write")
-                raise
-            conn.execute("RELEASE es_write")
-            return result
+        # Never inside a unit of work: its writes go through _in_savepoint.
         self._begin(conn, wait)
         try:
             result = work(conn)
